@@ -1,0 +1,75 @@
+# Agent Registry for Kubernetes. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+# The control-plane binaries live in a cache outside the repository (see docs/decisions.md).
+export AGENT_REGISTRY_CACHE ?= $(HOME)/.cache/agent-registry
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+		/^[a-zA-Z0-9_.-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Setup
+
+$(VENV)/.installed: pyproject.toml
+	@echo ">> creating $(VENV) and installing Python dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: deps
+deps: $(VENV)/.installed system-deps ## Install Python deps into .venv and Debian packages (redis-server)
+
+.PHONY: system-deps
+system-deps: ## Install Debian packages the tests need (redis-server), if missing
+	@bash hack/ensure-system-deps.sh
+
+.PHONY: controlplane
+controlplane: $(VENV)/.installed ## Build kube-apiserver, kubectl, etcd and helm from Go modules into the cache (no-op when cached)
+	$(VPY) -m agent_registry.localcluster.build
+
+##@ Development
+
+.PHONY: crds
+crds: $(VENV)/.installed ## Regenerate crds/ from the pydantic models
+	$(VPY) -m agent_registry.schema.crd --out crds
+
+.PHONY: lint
+lint: $(VENV)/.installed ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check operator agent_sidecar tests
+	$(VENV)/bin/ruff format --check operator agent_sidecar tests
+	$(VENV)/bin/mypy operator/agent_registry agent_sidecar
+
+.PHONY: fmt
+fmt: $(VENV)/.installed ## Format and auto-fix with ruff
+	$(VENV)/bin/ruff format operator agent_sidecar tests
+	$(VENV)/bin/ruff check --fix operator agent_sidecar tests
+
+.PHONY: cluster
+cluster: deps controlplane ## Start a local kube-apiserver + etcd with the CRD installed; Ctrl-C stops it
+	$(VPY) -m agent_registry.localcluster --crds crds
+
+##@ Testing
+
+.PHONY: test
+test: deps controlplane ## The whole test command: deps, control plane, CRD drift check, lint, tests
+	$(VPY) -m agent_registry.schema.crd --out crds --check
+	$(MAKE) --no-print-directory lint
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: $(VENV)/.installed ## Only the tests that need no cluster
+	$(VPY) -m pytest -m "not k8s and not redis" $(PYTEST_ARGS)
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches inside the repository (not the control-plane cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,256 @@
+"""Build kube-apiserver, kubectl, etcd and helm from their Go modules into a cache.
+
+Neither Docker nor prebuilt downloads exist on the build machines, so the local control
+plane is compiled from source through the Go module proxy, once, into a cache directory
+outside the repository keyed by the versions. A second run finds the binaries and does
+nothing.
+
+``go install k8s.io/kubernetes/cmd/kube-apiserver@vX`` fails because the kubernetes
+module points its staging modules at ``./staging/...`` with ``replace`` lines, which the
+go command ignores outside the main module. So each tool gets a tiny wrapper module whose
+own ``replace`` lines pin every staging module to the matching published ``v0.Y.Z``.
+
+Run as ``python -m agent_registry.localcluster.build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+# Kubernetes 1.34 is tested against etcd 3.6; take the newest 3.6 patch release.
+ETCD_VERSION = "v3.6.16"
+# Helm 3.19 is built against the Kubernetes 1.34 client libraries.
+HELM_VERSION = "v3.19.5"
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    """Paths of the built control-plane tools."""
+
+    kube_apiserver: Path
+    kubectl: Path
+    etcd: Path
+    helm: Path
+
+
+def cache_root() -> Path:
+    """Where builds are kept: outside the repository so clean clones reuse them."""
+    configured = os.environ.get("AGENT_REGISTRY_CACHE")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "agent-registry"
+
+
+def bin_dir() -> Path:
+    key = f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
+    return cache_root() / "controlplane" / key / "bin"
+
+
+def binaries() -> Binaries:
+    d = bin_dir()
+    return Binaries(
+        kube_apiserver=d / "kube-apiserver",
+        kubectl=d / "kubectl",
+        etcd=d / "etcd",
+        helm=d / "helm",
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[controlplane] {message}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+    _log("$ " + " ".join(cmd))
+    started = time.monotonic()
+    result = subprocess.run(cmd, cwd=cwd, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"command failed with exit code {result.returncode}: {' '.join(cmd)}")
+    _log(f"  done in {time.monotonic() - started:.0f}s")
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOFLAGS", "-buildvcs=false")
+    env["CGO_ENABLED"] = "0"
+    return env
+
+
+def _staging_modules(kubernetes_gomod: str) -> list[str]:
+    """The module paths that k8s.io/kubernetes replaces with its ./staging copies."""
+    return sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", kubernetes_gomod, re.M)))
+
+
+def _download_gomod(module: str, version: str, env: dict[str, str], workdir: Path) -> str:
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return Path(json.loads(out)["GoMod"]).read_text()
+
+
+def _write_wrapper(
+    workdir: Path, module: str, requires: list[tuple[str, str]], replaces: list[tuple[str, str]], imports: list[str]
+) -> None:
+    lines = [f"module {module}", "", "go 1.24.0", ""]
+    lines += [f"require {path} {version}" for path, version in requires]
+    lines.append("")
+    lines += [f"replace {path} => {path} {version}" for path, version in replaces]
+    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
+    # A file importing the commands keeps `go mod tidy` from dropping the requirements.
+    body = "\n".join(f'\t_ "{imp}"' for imp in imports)
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{body}\n)\n")
+
+
+def _kubernetes_ldflags() -> str:
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    build_date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flags = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={KUBERNETES_VERSION}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={build_date}",
+        ]
+    return "-s -w " + " ".join(flags)
+
+
+def _build_kubernetes(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+    work = scratch / "kubernetes"
+    work.mkdir()
+    staging = _staging_modules(_download_gomod("k8s.io/kubernetes", KUBERNETES_VERSION, env, work))
+    staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
+    _write_wrapper(
+        work,
+        "agentregistry.local/kubernetes-tools",
+        [("k8s.io/kubernetes", KUBERNETES_VERSION)],
+        [(m, staging_version) for m in staging],
+        ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"],
+    )
+    _run(["go", "mod", "tidy"], work, env)
+    ldflags = _kubernetes_ldflags()
+    for target, cmd in ((out.kube_apiserver, "kube-apiserver"), (out.kubectl, "kubectl")):
+        tmp = target.with_suffix(".partial")
+        _run(
+            ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), f"k8s.io/kubernetes/cmd/{cmd}"], work, env
+        )
+        tmp.rename(target)
+
+
+def _build_etcd(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+    work = scratch / "etcd"
+    work.mkdir()
+    _write_wrapper(
+        work,
+        "agentregistry.local/etcd-tools",
+        [("go.etcd.io/etcd/server/v3", ETCD_VERSION)],
+        [],
+        ["go.etcd.io/etcd/server/v3"],
+    )
+    _run(["go", "mod", "tidy"], work, env)
+    tmp = out.etcd.with_suffix(".partial")
+    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"], work, env)
+    tmp.rename(out.etcd)
+
+
+def _build_helm(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+    work = scratch / "helm"
+    work.mkdir()
+    _write_wrapper(
+        work, "agentregistry.local/helm-tools", [("helm.sh/helm/v3", HELM_VERSION)], [], ["helm.sh/helm/v3/cmd/helm"]
+    )
+    _run(["go", "mod", "tidy"], work, env)
+    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    tmp = out.helm.with_suffix(".partial")
+    _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "helm.sh/helm/v3/cmd/helm"], work, env)
+    tmp.rename(out.helm)
+
+
+def ensure_built(force: bool = False) -> Binaries:
+    """Build whatever is missing from the cache and return the binaries' paths."""
+    out = binaries()
+    bin_dir().mkdir(parents=True, exist_ok=True)
+    env = _go_env()
+    if shutil.which("go") is None:
+        raise RuntimeError("the go command is not on PATH; it is needed to build the control plane")
+    steps = (
+        ((out.kube_apiserver, out.kubectl), _build_kubernetes, f"kube-apiserver and kubectl {KUBERNETES_VERSION}"),
+        ((out.etcd,), _build_etcd, f"etcd {ETCD_VERSION}"),
+        ((out.helm,), _build_helm, f"helm {HELM_VERSION}"),
+    )
+    for targets, build, label in steps:
+        if not force and all(t.exists() for t in targets):
+            continue
+        _log(f"building {label} into {bin_dir()} (first run only; takes several minutes)")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="agent-registry-build-") as scratch:
+            build(out, env, Path(scratch))
+        _log(f"built {label} in {time.monotonic() - started:.0f}s")
+    return out
+
+
+def versions(found: Binaries) -> dict[str, str]:
+    """First line of each tool's own version output, to prove what was built."""
+    commands = {
+        "kube-apiserver": [str(found.kube_apiserver), "--version"],
+        "kubectl": [str(found.kubectl), "version", "--client"],
+        "etcd": [str(found.etcd), "--version"],
+        "helm": [str(found.helm), "version", "--short"],
+    }
+    result = {}
+    for name, cmd in commands.items():
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        result[name] = lines[0] if lines else "?"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    parser.add_argument("--print-bin-dir", action="store_true", help="print the cache directory and exit")
+    args = parser.parse_args(argv)
+    if args.print_bin_dir:
+        print(bin_dir())
+        return 0
+    started = time.monotonic()
+    found = ensure_built(force=args.force)
+    for path in dataclasses.astuple(found):
+        version = subprocess.run(
+            [str(path), "version"]
+            if path.name in ("etcd", "helm")
+            else [str(path), "--version"]
+            if path.name == "kube-apiserver"
+            else [str(path), "version", "--client"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        first = (version.stdout or version.stderr).strip().splitlines()
+        _log(f"{path.name}: {first[0] if first else '?'}")
+    _log(f"control plane ready in {time.monotonic() - started:.0f}s at {bin_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

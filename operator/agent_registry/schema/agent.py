@@ -1,0 +1,287 @@
+"""The Agent custom resource's spec and status: the one schema source.
+
+The CRD's OpenAPI schema (``crd.py``), the REST schemas (``rest.py``) and the sidecar's
+payloads all come from these models. Every rule is written once, here, in a form both
+pydantic and the Kubernetes API server enforce: plain OpenAPI constraints where they
+suffice, and CEL (``x-kubernetes-validations``) beside an equivalent Python check where
+they do not. ``tests/test_schema_validation.py`` drives one table of bad inputs through
+both and checks they agree.
+
+Field names are camelCase on the wire (Kubernetes API conventions) and snake_case in
+Python.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from agent_registry.schema import constants as c
+
+# Regular expressions are kept to the subset that both Go's RE2 (the API server) and
+# Rust's regex crate (pydantic-core) read the same way: no look-around, no backrefs.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+CAPABILITY_PATTERN = r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$"
+_HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+# A hostname (which also covers dotted IPv4) or an IPv6 address in its colon form.
+HOST_PATTERN = rf"^({_HOST_LABEL}(\.{_HOST_LABEL})*|[0-9A-Fa-f]{{0,4}}(:[0-9A-Fa-f]{{0,4}}){{2,7}})$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+METADATA_KEY_RULE = f"metadata keys must be 1-{c.MAX_METADATA_KEY_LENGTH} characters"
+METADATA_VALUE_RULE = "metadata values must be strings, numbers, booleans or null (no nested objects or lists)"
+METADATA_STRING_RULE = f"metadata string values must be at most {c.MAX_METADATA_STRING_LENGTH} characters"
+METADATA_SIZE_RULE = f"metadata must have at most {c.MAX_METADATA_ENTRIES} entries"
+UNREACHABLE_RULE = "unreachableAfterSeconds must be greater than intervalSeconds"
+TYPE_IMMUTABLE_RULE = "type is immutable"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > c.MAX_METADATA_ENTRIES:
+        raise ValueError(METADATA_SIZE_RULE)
+    for key, item in value.items():
+        if not 1 <= len(key) <= c.MAX_METADATA_KEY_LENGTH:
+            raise ValueError(METADATA_KEY_RULE)
+        if isinstance(item, dict | list):
+            raise ValueError(METADATA_VALUE_RULE)
+        if isinstance(item, str) and len(item) > c.MAX_METADATA_STRING_LENGTH:
+            raise ValueError(METADATA_STRING_RULE)
+    return value
+
+
+# The CRD form of the same rules. A structural schema cannot say "any scalar", so the
+# values keep unknown fields and CEL checks their types; every CEL rule is bounded by
+# maxProperties so the API server's cost estimate accepts it.
+_METADATA_CRD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": c.MAX_METADATA_ENTRIES,
+    "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True},
+    "x-kubernetes-validations": [
+        {"rule": f"self.all(k, size(k) >= 1 && size(k) <= {c.MAX_METADATA_KEY_LENGTH})", "message": METADATA_KEY_RULE},
+        {"rule": "self.all(k, type(self[k]) != map && type(self[k]) != list)", "message": METADATA_VALUE_RULE},
+        {
+            "rule": f"self.all(k, type(self[k]) != string || size(self[k]) <= {c.MAX_METADATA_STRING_LENGTH})",
+            "message": METADATA_STRING_RULE,
+        },
+    ],
+}
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_metadata),
+    WithJsonSchema(_METADATA_CRD_SCHEMA),
+]
+"""Free-form labels about an agent: a flat JSON object of scalars, bounded in size."""
+
+AgentType = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=c.MAX_TYPE_LENGTH, pattern=DNS_LABEL_PATTERN),
+    Field(
+        description="Kind of agent, a lowercase DNS label. Known: "
+        + ", ".join(c.KNOWN_AGENT_TYPES)
+        + "; others allowed.",
+    ),
+]
+Host = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=c.MAX_HOST_LENGTH, pattern=HOST_PATTERN),
+    Field(description="Hostname, IPv4 or IPv6 address where the agent listens."),
+]
+# Strict: the API server refuses "8080" for an integer, so the models do too.
+Port = Annotated[int, Field(strict=True, ge=1, le=65535, description="TCP port where the agent listens.")]
+Capability = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=c.MAX_CAPABILITY_LENGTH, pattern=CAPABILITY_PATTERN),
+]
+AgentVersion = Annotated[str, StringConstraints(max_length=c.MAX_VERSION_LENGTH)]
+
+
+def _check_unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate capability {value!r}")
+        seen.add(value)
+    return values
+
+
+Capabilities = Annotated[
+    list[Capability],
+    Field(max_length=c.MAX_CAPABILITIES, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    AfterValidator(_check_unique),
+]
+"""Unique lowercase tokens such as ``spot_migration``. ``list-type: set`` makes the API
+server reject duplicates (structural schemas may not use ``uniqueItems``)."""
+
+
+class ReportedStatus(enum.StrEnum):
+    """What an agent (or its sidecar's probe) says about its own health."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+class Phase(enum.StrEnum):
+    """The registry's view of an agent, decided by the operator."""
+
+    HEALTHY = "Healthy"
+    DEGRADED = "Degraded"
+    UNHEALTHY = "Unhealthy"
+    UNREACHABLE = "Unreachable"
+
+
+class HeartbeatSettings(_Model):
+    """How often the agent heartbeats and how long silence is tolerated."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.unreachableAfterSeconds > self.intervalSeconds",
+                    "message": UNREACHABLE_RULE,
+                    "fieldPath": ".unreachableAfterSeconds",
+                }
+            ]
+        }
+    )
+
+    interval_seconds: int = Field(
+        strict=True,
+        default=c.DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        ge=c.MIN_INTERVAL_SECONDS,
+        le=c.MAX_INTERVAL_SECONDS,
+        description="Seconds between heartbeats.",
+    )
+    unreachable_after_seconds: int = Field(
+        strict=True,
+        default=c.DEFAULT_UNREACHABLE_AFTER_SECONDS,
+        ge=c.MIN_UNREACHABLE_AFTER_SECONDS,
+        le=c.MAX_UNREACHABLE_AFTER_SECONDS,
+        description="Silence after which the agent is Unreachable; must exceed intervalSeconds.",
+    )
+    gc_after_seconds: int = Field(
+        strict=True,
+        default=c.DEFAULT_GC_AFTER_SECONDS,
+        ge=c.MIN_GC_AFTER_SECONDS,
+        le=c.MAX_GC_AFTER_SECONDS,
+        description="Time an agent stays Unreachable before it is deleted.",
+    )
+
+    @field_validator("unreachable_after_seconds")
+    @classmethod
+    def _unreachable_after_exceeds_interval(cls, value: int, info: ValidationInfo) -> int:
+        # Fields validate in order, so interval_seconds is known here unless it was invalid.
+        interval = info.data.get("interval_seconds")
+        if interval is not None and value <= interval:
+            raise ValueError(UNREACHABLE_RULE)
+        return value
+
+
+class AgentSpec(_Model):
+    """What an agent is and where to reach it. Written by whoever registers the agent."""
+
+    type: AgentType = Field(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": TYPE_IMMUTABLE_RULE}]}
+    )
+    host: Host
+    port: Port
+    capabilities: Capabilities = Field(default_factory=list, json_schema_extra={"default": []})
+    version: AgentVersion = Field(default=c.DEFAULT_AGENT_VERSION, description="The agent's software version.")
+    metadata: Metadata = Field(default_factory=dict, json_schema_extra={"default": {}})
+    heartbeat: HeartbeatSettings = Field(
+        default_factory=HeartbeatSettings,
+        # An empty default lets the API server fill in each nested default.
+        json_schema_extra={"default": {}},
+    )
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
+    status: ConditionStatus
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)]
+    message: Annotated[str, StringConstraints(max_length=c.MAX_MESSAGE_LENGTH)] = ""
+    last_transition_time: datetime
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+
+
+class AgentStatus(_Model):
+    """Observed state. Heartbeat fields are written by the sidecar or the facade; the
+    rest by the operator. The API server prunes status fields missing here, so every
+    field any component writes is declared."""
+
+    phase: Phase | None = Field(default=None, description="The registry's view of the agent.")
+    agent_id: (
+        Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")] | None
+    ) = Field(default=None, description="UUID the REST API knows the agent by.")
+    registered_at: datetime | None = None
+    # Heartbeat fields: a heartbeat is a merge-patch of exactly these.
+    last_heartbeat_time: datetime | None = Field(
+        default=None, description="When the agent last heartbeated, on the agent's clock."
+    )
+    heartbeat_sequence: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Increases with every heartbeat, so a heartbeat is seen even when a skewed clock repeats a time.",
+    )
+    reported_status: ReportedStatus | None = Field(default=None, description="Health the agent last reported.")
+    reported_metadata: Metadata | None = Field(
+        default=None, description="Metadata sent with heartbeats, merged over spec.metadata."
+    )
+    heartbeat_source: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="Who writes the heartbeats, e.g. sidecar/<pod> or rest."
+    )
+    conditions: Annotated[list[Condition], Field(max_length=c.MAX_CONDITIONS)] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+
+
+def validate_spec_update(old: AgentSpec, new: AgentSpec) -> None:
+    """The transition rules the CRD enforces with CEL ``oldSelf``."""
+    if old.type != new.type:
+        raise ValueError(f"spec.type: {TYPE_IMMUTABLE_RULE}")
+
+
+def error_paths(exc: ValidationError, prefix: str = "spec") -> list[str]:
+    """Turn pydantic errors into ``spec.port: <message>`` lines, the way the API server names fields."""
+    lines = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"]:
+            # Defaults that fail validation are reported under the Python name.
+            path += f"[{part}]" if isinstance(part, int) else f".{to_camel(part)}"
+        lines.append(f"{path}: {error['msg']}")
+    return lines

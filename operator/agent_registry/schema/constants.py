@@ -1,0 +1,48 @@
+"""Names and defaults shared by the CRD, the operator, the facade and the sidecar."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "registry.optiinfra.io"
+VERSION: Final = "v1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "Agent"
+PLURAL: Final = "agents"
+SINGULAR: Final = "agent"
+SHORT_NAMES: Final = ("ag",)
+CATEGORIES: Final = ("optiinfra",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Label carrying the agent's UUID, so `-l registry.optiinfra.io/agent-id=<id>` finds it.
+AGENT_ID_LABEL: Final = f"{GROUP}/agent-id"
+# Label carrying spec.type, so discovery by type works with a label selector too.
+AGENT_TYPE_LABEL: Final = f"{GROUP}/type"
+
+KNOWN_AGENT_TYPES: Final = ("cost", "performance", "resource", "application")
+
+# Heartbeat defaults from DESIGN.md.
+DEFAULT_HEARTBEAT_INTERVAL_SECONDS: Final = 30
+DEFAULT_UNREACHABLE_AFTER_SECONDS: Final = 45
+DEFAULT_GC_AFTER_SECONDS: Final = 300
+
+DEFAULT_AGENT_VERSION: Final = "1.0.0"
+
+# Bounds. They are part of the CRD, so changing them changes the API.
+MAX_CAPABILITIES: Final = 64
+MAX_CAPABILITY_LENGTH: Final = 63
+MAX_TYPE_LENGTH: Final = 63
+MAX_HOST_LENGTH: Final = 253
+MAX_VERSION_LENGTH: Final = 64
+MAX_METADATA_ENTRIES: Final = 64
+MAX_METADATA_KEY_LENGTH: Final = 128
+MAX_METADATA_STRING_LENGTH: Final = 1024
+MAX_MESSAGE_LENGTH: Final = 1024
+MAX_CONDITIONS: Final = 16
+
+MIN_INTERVAL_SECONDS: Final = 1
+MAX_INTERVAL_SECONDS: Final = 3600
+MIN_UNREACHABLE_AFTER_SECONDS: Final = 2
+MAX_UNREACHABLE_AFTER_SECONDS: Final = 86400
+MIN_GC_AFTER_SECONDS: Final = 1
+MAX_GC_AFTER_SECONDS: Final = 30 * 86400

@@ -1,0 +1,160 @@
+"""The REST contract of DESIGN.md, derived from the Agent models.
+
+Field names here are the original registry's snake_case and must not change. The field
+types are the same annotated types the CRD uses, so a body the REST API accepts is a spec
+the API server accepts, and the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from agent_registry.schema import constants as c
+from agent_registry.schema.agent import (
+    DNS_SUBDOMAIN_PATTERN,
+    AgentSpec,
+    AgentStatus,
+    AgentType,
+    AgentVersion,
+    Capabilities,
+    Host,
+    Metadata,
+    Phase,
+    Port,
+    ReportedStatus,
+)
+
+AgentName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN),
+    Field(
+        description=(
+            "Becomes the Agent object's name: lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters."
+        )
+    ),
+]
+
+
+class _Request(BaseModel):
+    # Existing agents may send fields newer registries dropped; ignore rather than fail.
+    model_config = ConfigDict(extra="ignore")
+
+
+class RegistrationRequest(_Request):
+    name: AgentName
+    type: AgentType
+    host: Host
+    port: Port
+    capabilities: Capabilities = Field(default_factory=list)
+    version: AgentVersion = c.DEFAULT_AGENT_VERSION
+    metadata: Metadata | None = None
+
+    def to_spec(self, heartbeat_interval_seconds: int | None = None) -> AgentSpec:
+        spec = AgentSpec(
+            type=self.type,
+            host=self.host,
+            port=self.port,
+            capabilities=list(self.capabilities),
+            version=self.version,
+            metadata=dict(self.metadata or {}),
+        )
+        if heartbeat_interval_seconds is not None:
+            spec.heartbeat.interval_seconds = heartbeat_interval_seconds
+        return spec
+
+
+class RegistrationResponse(BaseModel):
+    agent_id: str
+    registered_at: datetime
+    heartbeat_url: str
+    heartbeat_interval_seconds: int = c.DEFAULT_HEARTBEAT_INTERVAL_SECONDS
+
+
+class HeartbeatRequest(_Request):
+    status: ReportedStatus
+    metadata: Metadata | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    received: bool
+    next_interval_seconds: int
+    timestamp: datetime
+
+
+def rest_status(phase: Phase | str | None) -> str:
+    """The REST ``Agent.status``: the phase in the original's lowercase spelling.
+
+    An agent the operator has not looked at yet has no phase; it just registered, so it
+    counts as healthy.
+    """
+    return str(phase or Phase.HEALTHY.value).lower()
+
+
+class AgentView(BaseModel):
+    """The REST ``Agent``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    type: str
+    host: str
+    port: int
+    capabilities: list[str]
+    status: Annotated[str, Field(pattern="^(healthy|degraded|unhealthy|unreachable)$")]
+    version: str
+    registered_at: datetime | None
+    last_seen: datetime | None
+    metadata: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: ``metadata`` is omitted when empty, as the original did."""
+        data = self.model_dump(mode="json")
+        if not data.get("metadata"):
+            data.pop("metadata", None)
+        return data
+
+
+def agent_view_from_resource(resource: Mapping[str, Any], last_seen: datetime | None = None) -> AgentView:
+    """The REST ``Agent`` for an Agent object as the API server returns it.
+
+    ``last_seen`` defaults to the agent's own heartbeat time; the operator passes the
+    time it observed the heartbeat on its own clock instead.
+    """
+    meta = resource.get("metadata", {})
+    spec = AgentSpec.model_validate(resource.get("spec", {}))
+    status = AgentStatus.model_validate(resource.get("status") or {})
+    merged = {**spec.metadata, **(status.reported_metadata or {})}
+    return AgentView(
+        id=status.agent_id or meta.get("labels", {}).get(c.AGENT_ID_LABEL, ""),
+        name=meta.get("name", ""),
+        type=spec.type,
+        host=spec.host,
+        port=spec.port,
+        capabilities=list(spec.capabilities),
+        status=rest_status(status.phase),
+        version=spec.version,
+        registered_at=status.registered_at,
+        last_seen=last_seen or status.last_heartbeat_time or status.registered_at,
+        metadata=merged or None,
+    )
+
+
+class AgentListResponse(BaseModel):
+    agents: list[AgentView]
+    count: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    timestamp: datetime
+
+
+class ErrorResponse(BaseModel):
+    error: str
