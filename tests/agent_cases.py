@@ -4,6 +4,7 @@ real API server, so the two layers of validation cannot drift apart."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 VALID_SPEC: dict[str, Any] = {
@@ -30,6 +31,9 @@ class BadSpec:
     spec: dict[str, Any]
     field: str
     """The path both layers must name in their error, e.g. ``spec.port``."""
+    server_rejects: bool = True
+    """False for the one rule only the models can enforce (metadata bytes; see
+    docs/decisions.md): the API server accepts it, and the test checks exactly that."""
 
 
 BAD_SPECS = [
@@ -45,8 +49,7 @@ BAD_SPECS = [
     BadSpec("uppercase capability", spec_with(capabilities=["Spot_Migration"]), "spec.capabilities[0]"),
     BadSpec("too many capabilities", spec_with(capabilities=[f"cap{i}" for i in range(65)]), "spec.capabilities"),
     BadSpec("too many metadata entries", spec_with(metadata={f"k{i}": i for i in range(65)}), "spec.metadata"),
-    BadSpec("oversized metadata value", spec_with(metadata={"blob": "x" * 1025}), "spec.metadata"),
-    BadSpec("nested metadata", spec_with(metadata={"nested": {"a": 1}}), "spec.metadata"),
+    BadSpec("metadata over 16 KiB", spec_with(metadata={"blob": "x" * 17000}), "spec.metadata", server_rejects=False),
     BadSpec(
         "unreachable-after equal to interval",
         spec_with(heartbeat={"intervalSeconds": 30, "unreachableAfterSeconds": 30}),
@@ -61,9 +64,16 @@ BAD_SPECS = [
     BadSpec("gc-after zero", spec_with(heartbeat={"gcAfterSeconds": 0}), "spec.heartbeat.gcAfterSeconds"),
 ]
 
+
+def names_field(text: str, field: str) -> bool:
+    """Whether an error text names ``field`` (or one of its list items) as the culprit."""
+    return re.search(re.escape(field) + r"(\[\d+\])?(:| in body)", text) is not None
+
+
 GOOD_SPECS = {
     "full": VALID_SPEC,
     "minimal": {"type": "performance", "host": "perf-agent.default.svc", "port": 1},
+    "nested metadata": {**VALID_SPEC, "metadata": {"labels": {"tier": "gold"}, "zones": ["a", "b"]}},
     "ipv6 host and unknown type": {"type": "security-audit", "host": "fd00::12", "port": 65535},
     "short heartbeat": {
         "type": "resource",
