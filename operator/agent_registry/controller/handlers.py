@@ -1,0 +1,175 @@
+"""kopf handlers: framework settings, lifecycle, and the one watch-event handler.
+
+Only ``@kopf.on.event`` watches Agents. kopf's change-detecting handlers (on.create,
+on.update) keep a diff-base annotation and progress annotations on each object, and
+timers/daemons add a finalizer; an event handler needs neither. So kopf never writes
+an annotation or a finalizer on an Agent: a heartbeat costs one status patch by the
+agent and no write by the operator unless the phase changes, and `kubectl delete agent`
+completes while the operator is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import kopf
+
+from agent_registry.controller import metrics
+from agent_registry.controller.conditions import build_conditions
+from agent_registry.controller.kube import agent_reference, now_rfc3339
+from agent_registry.controller.runtime import Runtime
+from agent_registry.controller.settings import OperatorSettings
+from agent_registry.schema import constants as c
+from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, Phase
+
+logger = logging.getLogger(__name__)
+_UUID = re.compile(UUID_PATTERN)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorSettings()
+    # No change-detecting handlers exist, so kopf stores no progress or diff-base; name
+    # the storages anyway so that a future on.create/on.update handler writes under our
+    # own prefix and into annotations, never into status (which heartbeats own).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
+    settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_server_timeout_seconds + 60
+    settings.watching.inactivity_timeout = config.watch_inactivity_timeout_seconds
+    settings.watching.chunk_size = config.watch_chunk_size
+    # kopf's own k8s Events are for handler failures only; phase Events are ours.
+    settings.posting.level = logging.WARNING
+    # Leadership comes from our Lease (leader.py), not kopf peering.
+    settings.peering.standalone = True
+    runtime = Runtime(config)
+    memo["runtime"] = runtime
+    await runtime.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.stop()
+
+
+@kopf.on.probe(id="leader")
+def probe_leader(memo: kopf.Memo, **_: Any) -> bool:
+    runtime: Runtime | None = memo.get("runtime")
+    return bool(runtime and runtime.is_leader())
+
+
+@kopf.on.probe(id="agents")
+def probe_agents(memo: kopf.Memo, **_: Any) -> int:
+    runtime: Runtime | None = memo.get("runtime")
+    return len(runtime.tracker.agents) if runtime else 0
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
+async def agent_event(event: kopf.RawEvent, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo["runtime"]
+    started = time.monotonic()
+    try:
+        await _handle(runtime, event, dict(body), patch)
+    except Exception as exc:
+        # Never let one bad object crash-loop the handler or block the others.
+        meta = body.get("metadata", {})
+        logger.exception("could not process agent %s/%s", meta.get("namespace"), meta.get("name"))
+        await runtime.kube.post_event(
+            agent_reference(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")),
+            "Warning",
+            "ProcessingFailed",
+            f"The operator could not process this Agent: {exc}",
+        )
+    finally:
+        metrics.EVENT_LAG.observe(time.monotonic() - started)
+
+
+async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], patch: kopf.Patch) -> None:
+    meta = body.get("metadata", {})
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    if event.get("type") == "DELETED":
+        if runtime.tracker.forget(namespace, name) is not None:
+            logger.info("agent %s/%s deleted", namespace, name)
+        runtime.index_forget(namespace, name)
+        return
+    if meta.get("deletionTimestamp"):
+        return
+
+    spec_error = _spec_error(body)
+    observation = runtime.tracker.observe(body, time.monotonic())
+    agent = observation.agent
+    if observation.is_heartbeat:
+        metrics.HEARTBEATS.inc()
+    if spec_error is not None:
+        await runtime.warn_invalid_once(agent, spec_error)
+        return
+
+    status = body.get("status") or {}
+    labels = meta.get("labels") or {}
+    agent_id = status.get("agentId") or _adopted_id(labels) or str(uuid.uuid4())
+    needs_init = not status.get("agentId") or labels.get(c.AGENT_ID_LABEL) != agent_id
+    desired = observation.desired_phase
+    if not status.get("agentId"):
+        # Index it under the id it is about to get, not under nothing.
+        body = {**body, "status": {**status, "agentId": agent_id}}
+    runtime.index_put(body, agent, desired)
+    if not runtime.is_leader():
+        return
+
+    now = now_rfc3339()
+    ref = agent_reference(namespace, name, agent.uid)
+    if needs_init:
+        patch.metadata.setdefault("labels", {})[c.AGENT_ID_LABEL] = agent_id
+        patch.metadata["labels"][c.AGENT_TYPE_LABEL] = body["spec"]["type"]
+        patch.status["agentId"] = agent_id
+        if not status.get("registeredAt"):
+            patch.status["registeredAt"] = now
+            await runtime.kube.post_event(
+                ref, "Normal", "Registered", f"Agent registered with id {agent_id}, phase {desired.value}."
+            )
+            logger.info("agent %s/%s registered as %s (%s)", namespace, name, agent_id, desired.value)
+    if needs_init or observation.phase_changed:
+        patch.status["phase"] = desired.value
+        patch.status["conditions"] = build_conditions(desired, now, agent.conditions, meta.get("generation"))
+        patch.status["observedGeneration"] = meta.get("generation")
+        agent.phase = desired
+    elif meta.get("generation") != status.get("observedGeneration"):
+        patch.status["observedGeneration"] = meta.get("generation")
+    if observation.phase_changed and not needs_init:
+        await _announce(runtime, ref, observation.previous_phase, desired, observation.recovered)
+
+
+async def _announce(runtime: Runtime, ref: dict[str, str], before: Phase | None, after: Phase, recovered: bool) -> None:
+    metrics.TRANSITIONS.labels(from_phase=str(before), to_phase=after.value).inc()
+    where = f"{ref['namespace']}/{ref['name']}"
+    if recovered:
+        logger.info("agent %s recovered: %s -> %s", where, before, after.value)
+        await runtime.kube.post_event(ref, "Normal", "Recovered", f"Heartbeats resumed; phase {after.value}.")
+    elif after == Phase.UNREACHABLE:
+        # An agent seen Unreachable again in a fresh body keeps its phase; announced by the sweeper.
+        return
+    else:
+        kind = "Normal" if after == Phase.HEALTHY else "Warning"
+        logger.info("agent %s phase %s -> %s", where, before, after.value)
+        await runtime.kube.post_event(ref, kind, after.value, f"The agent reports {after.value.lower()}.")
+
+
+def _adopted_id(labels: dict[str, str]) -> str | None:
+    """An id chosen by the REST facade at registration, carried in the label."""
+    label = str(labels.get(c.AGENT_ID_LABEL, ""))
+    return label if _UUID.match(label) else None
+
+
+def _spec_error(body: dict[str, Any]) -> str | None:
+    try:
+        AgentSpec.model_validate(body.get("spec") or {})
+    except ValueError as exc:
+        return str(exc).replace("\n", "; ")
+    return None

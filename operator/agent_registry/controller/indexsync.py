@@ -1,0 +1,177 @@
+"""Keeps the Redis index in step with what the operator sees, without ever blocking it.
+
+Handlers only record what changed (``put``/``drop``) in memory; one task writes it to
+Redis. When Redis is down the task counts the error, backs off and keeps the records; when
+Redis answers again, or the index is found lost (restart without persistence, FLUSHALL,
+expiry), it rebuilds the whole index from memory. Redis is a cache: nothing in it is
+needed to rebuild it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from agent_registry.controller import metrics
+from agent_registry.controller.settings import OperatorSettings
+from agent_registry.index import IndexedAgent, IndexUnavailable, IndexWriter, record_from_resource
+from agent_registry.schema.agent import Phase
+from agent_registry.schema.rest import rest_status
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+# The first full build waits until the initial listing settles, so a restart does not
+# replace a complete index with a half-listed one.
+_SETTLE_SECONDS = 1.0
+_SETTLE_LIMIT_SECONDS = 30.0
+_MAX_BACKOFF_SECONDS = 10.0
+
+
+class IndexSync:
+    def __init__(self, settings: OperatorSettings, is_leader: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.is_leader = is_leader
+        self.records: dict[Key, IndexedAgent] = {}
+        self._dirty: set[Key] = set()
+        self._removed: dict[Key, str] = {}
+        self._full_needed = True
+        self._wake = asyncio.Event()
+        self._last_change = time.monotonic()
+        self._started = time.monotonic()
+        self._writer: IndexWriter | None = None
+
+    # --- called from handlers (synchronous, never touch Redis) --------------------
+
+    def put(self, key: Key, body: dict[str, Any], phase: Phase, last_seen: datetime | None) -> None:
+        try:
+            record = record_from_resource(body, phase=phase, last_seen=last_seen)
+        except ValueError as exc:
+            logger.error("agent %s/%s cannot be indexed: %s", key[0], key[1], exc)
+            return
+        if key not in self.records:
+            self._last_change = time.monotonic()
+        self.records[key] = record
+        self._removed.pop(key, None)
+        self._mark(key)
+
+    def set_phase(self, key: Key, phase: Phase) -> None:
+        record = self.records.get(key)
+        if record is not None:
+            view = record.agent.model_copy(update={"status": rest_status(phase)})
+            self.records[key] = record.model_copy(update={"agent": view, "phase": phase})
+            self._mark(key)
+
+    def drop(self, key: Key) -> None:
+        record = self.records.pop(key, None)
+        self._dirty.discard(key)
+        if record is not None and record.id:
+            self._removed[key] = record.id
+            self._wake.set()
+
+    def request_full_resync(self) -> None:
+        self._full_needed = True
+        self._wake.set()
+
+    def _mark(self, key: Key) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    # --- the writer task ------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = 0.5
+        outage = False
+        last_refresh = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+            if not self.is_leader():
+                continue
+            try:
+                writer = await self._ensure_writer()
+                if self._full_needed:
+                    if not self._settled():
+                        continue
+                    await self._full_resync(writer)
+                else:
+                    await self._flush(writer)
+                if time.monotonic() - last_refresh >= self.settings.index_refresh_seconds:
+                    last_refresh = time.monotonic()
+                    if not await writer.is_intact():
+                        logger.warning("the Redis index is gone (restart, FLUSHALL or expiry); rebuilding it")
+                        self._full_needed = True
+                        self._wake.set()
+                    else:
+                        await writer.refresh()
+                if outage:
+                    logger.warning("Redis is reachable again; index rebuilt")
+                outage, backoff = False, 0.5
+            except (IndexUnavailable, OSError) as exc:
+                metrics.REDIS_ERRORS.inc()
+                if not outage:
+                    logger.warning("Redis index unavailable (%s); reconciling continues, retrying", exc)
+                outage = True
+                # Whatever was written during the outage may be partial: rebuild on return.
+                self._full_needed = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                self._wake.set()
+
+    def _settled(self) -> bool:
+        now = time.monotonic()
+        if now - self._started > _SETTLE_LIMIT_SECONDS:
+            return True
+        settled = now - self._last_change >= _SETTLE_SECONDS
+        if not settled:
+            self._wake.set()
+        return settled
+
+    async def _ensure_writer(self) -> IndexWriter:
+        if self._writer is None:
+            self._writer = IndexWriter.from_url(
+                self.settings.redis_url,
+                prefix=self.settings.redis_key_prefix,
+                ttl_seconds=self.settings.index_ttl_seconds,
+            )
+        return self._writer
+
+    async def _full_resync(self, writer: IndexWriter) -> None:
+        started = time.monotonic()
+        records = list(self.records.values())
+        self._dirty.clear()
+        self._removed.clear()
+        self._full_needed = False
+        try:
+            await writer.replace_all(records)
+        except BaseException:
+            self._full_needed = True
+            raise
+        metrics.REDIS_RESYNCS.inc()
+        logger.info("Redis index rebuilt: %d agents in %.2fs", len(records), time.monotonic() - started)
+
+    async def _flush(self, writer: IndexWriter) -> None:
+        removed, self._removed = self._removed, {}
+        dirty, self._dirty = self._dirty, set()
+        try:
+            for agent_id in removed.values():
+                await writer.remove(agent_id)
+            batch = [self.records[key] for key in dirty if key in self.records]
+            if batch:
+                await writer.upsert_many(batch)
+        except BaseException:
+            # Keep what was not written; the outage path rebuilds everything anyway.
+            self._removed.update(removed)
+            self._dirty |= dirty
+            raise
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()

@@ -1,0 +1,117 @@
+"""Everything the operator holds while it runs: settings, the tracker, the API client,
+leadership, the index sync, and their background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from agent_registry.controller import metrics
+from agent_registry.controller.indexsync import IndexSync
+from agent_registry.controller.kube import Kube, agent_reference, load_api_client
+from agent_registry.controller.leader import LeaderElector
+from agent_registry.controller.settings import OperatorSettings
+from agent_registry.controller.sweeper import sweep_forever
+from agent_registry.controller.tracker import TrackedAgent, Tracker
+from agent_registry.schema.agent import Phase
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.kube = Kube(load_api_client())
+        self.tracker = Tracker(
+            share=settings.self_preservation_share,
+            min_agents=settings.self_preservation_min_agents,
+            max_pause=settings.self_preservation_max_pause_seconds,
+        )
+        self.index = IndexSync(settings, self.is_leader)
+        self.leader: LeaderElector | None = None
+        if settings.leader_election:
+            self.leader = LeaderElector(
+                self.kube.coordination,
+                name=settings.lease_name,
+                namespace=settings.lease_namespace,
+                identity=settings.identity,
+                lease_duration=settings.lease_duration_seconds,
+                renew_period=settings.lease_renew_seconds,
+                on_started_leading=self._started_leading,
+                on_stopped_leading=self._stopped_leading,
+            )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warned: set[tuple[str, str]] = set()
+
+    def is_leader(self) -> bool:
+        return self.leader is None or self.leader.is_leader
+
+    async def start(self) -> None:
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+        metrics.IS_LEADER.set(1 if self.is_leader() else 0)
+        self._tasks.append(asyncio.create_task(sweep_forever(self), name="sweeper"))
+        self._tasks.append(asyncio.create_task(self.index.run(), name="index-sync"))
+        if self.leader is not None:
+            self._tasks.append(asyncio.create_task(self.leader.run(), name="leader-election"))
+        scope = ", ".join(self.settings.namespaces) or "all namespaces"
+        logger.info(
+            "operator started for %s (identity %s, leader election %s)",
+            scope,
+            self.settings.identity,
+            "on" if self.leader else "off",
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.index.close()
+
+    async def _started_leading(self) -> None:
+        # A new leader knows nothing about the silence before it took over: everyone
+        # gets a fresh grace period, exactly as after a restart.
+        self.tracker.restart_grace(time.monotonic())
+        self.index.request_full_resync()
+        metrics.IS_LEADER.set(1)
+
+    async def _stopped_leading(self) -> None:
+        metrics.IS_LEADER.set(0)
+
+    # --- index ------------------------------------------------------------------
+
+    def index_put(self, body: dict[str, Any], agent: TrackedAgent, phase: Phase) -> None:
+        self.index.put(agent.key, body, phase, agent.last_heard_wall)
+
+    def index_phase(self, agent: TrackedAgent, phase: Phase) -> None:
+        self.index.set_phase(agent.key, phase)
+
+    def index_forget(self, namespace: str, name: str) -> None:
+        self.index.drop((namespace, name))
+
+    # --- events -----------------------------------------------------------------
+
+    def self_reference(self) -> dict[str, str]:
+        """The object the operator's own Events are about: its leader Lease."""
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "namespace": self.settings.lease_namespace,
+            "name": self.settings.lease_name,
+            "uid": "",
+        }
+
+    async def warn_invalid_once(self, agent: TrackedAgent, error: str) -> None:
+        key = (agent.uid, agent.resource_version)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        logger.error("agent %s/%s has an invalid spec, not indexed: %s", agent.namespace, agent.name, error)
+        if self.is_leader():
+            await self.kube.post_event(
+                agent_reference(agent.namespace, agent.name, agent.uid),
+                "Warning",
+                "InvalidSpec",
+                f"The Agent's spec is invalid and is ignored until fixed: {error}",
+            )

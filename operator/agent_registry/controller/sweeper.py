@@ -1,0 +1,143 @@
+"""The periodic sweep: silence becomes Unreachable, long silence is garbage-collected.
+
+One task for all agents (see tracker.py for why not per-object kopf timers). Writes are
+made with bounded concurrency so 10,000 agents going silent at once are marked in
+seconds without flooding the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from kubernetes.client.exceptions import ApiException
+
+from agent_registry.controller import metrics
+from agent_registry.controller.conditions import build_conditions
+from agent_registry.controller.kube import DeleteOutcome, agent_reference, now_rfc3339
+from agent_registry.controller.tracker import SelfPreservation, TrackedAgent
+from agent_registry.schema.agent import Phase
+
+if TYPE_CHECKING:
+    from agent_registry.controller.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+WRITE_CONCURRENCY = 8
+
+BEFORE_DELETE_HOOKS: list[Callable[[TrackedAgent], Awaitable[None]]] = []
+"""Test seam: awaited between the decision to delete and the delete itself, so a test can
+make a heartbeat race the delete deterministically. Empty in production."""
+
+
+async def sweep_forever(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(runtime.settings.sweep_interval_seconds)
+        try:
+            await sweep_once(runtime)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("sweep failed; retrying at the next interval")
+
+
+async def sweep_once(runtime: Runtime) -> None:
+    if not runtime.is_leader():
+        return
+    result = runtime.tracker.sweep(time.monotonic())
+    semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def bounded(work: Awaitable[None]) -> None:
+        async with semaphore:
+            await work
+
+    await asyncio.gather(*(bounded(mark_unreachable(runtime, agent)) for agent in result.became_unreachable))
+    await report_self_preservation(runtime, result.self_preservation)
+    await asyncio.gather(*(bounded(collect(runtime, agent)) for agent in result.to_delete))
+    metrics.SILENT_AGENTS.set(result.self_preservation.silent)
+    metrics.publish_counts(runtime.tracker.counts())
+
+
+async def mark_unreachable(runtime: Runtime, agent: TrackedAgent) -> None:
+    previous = agent.phase
+    silent = agent.timing.unreachable_after
+    detail = f"silent for more than {silent:.0f}s"
+    status = {
+        "phase": Phase.UNREACHABLE.value,
+        "conditions": build_conditions(Phase.UNREACHABLE, now_rfc3339(), agent.conditions, detail=detail),
+    }
+    try:
+        agent.resource_version = await runtime.kube.patch_status(agent.namespace, agent.name, status)
+    except ApiException as exc:
+        if exc.status == 404:
+            runtime.tracker.forget(agent.namespace, agent.name)
+            return
+        logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc.status)
+        return
+    except Exception as exc:
+        logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc)
+        return
+    agent.phase = Phase.UNREACHABLE
+    metrics.TRANSITIONS.labels(from_phase=str(previous), to_phase=Phase.UNREACHABLE.value).inc()
+    logger.warning("agent %s/%s is Unreachable: %s", agent.namespace, agent.name, detail)
+    runtime.index_phase(agent, Phase.UNREACHABLE)
+    await runtime.kube.post_event(
+        agent_reference(agent.namespace, agent.name, agent.uid),
+        "Warning",
+        "Unreachable",
+        f"No heartbeat observed for more than {silent:.0f}s; "
+        f"will be removed after {agent.timing.gc_after:.0f}s more of silence.",
+    )
+
+
+async def collect(runtime: Runtime, agent: TrackedAgent) -> None:
+    ref = agent_reference(agent.namespace, agent.name, agent.uid)
+    await runtime.kube.post_event(
+        ref,
+        "Normal",
+        "Removed",
+        f"Unreachable for more than {agent.timing.gc_after:.0f}s; deleting the Agent.",
+    )
+    for hook in BEFORE_DELETE_HOOKS:
+        await hook(agent)
+    try:
+        outcome = await runtime.kube.delete_agent(agent.namespace, agent.name, agent.uid, agent.resource_version)
+    except Exception as exc:
+        logger.warning("could not delete %s/%s (%s); retrying", agent.namespace, agent.name, exc)
+        return
+    metrics.DELETIONS.labels(outcome=outcome.value).inc()
+    if outcome is DeleteOutcome.CONFLICT:
+        logger.info("agent %s/%s changed since the decision to delete it; kept", agent.namespace, agent.name)
+        await runtime.kube.post_event(ref, "Normal", "RemovalCancelled", "The Agent changed before the delete; kept.")
+        return
+    logger.warning("agent %s/%s deleted after %.0fs unreachable", agent.namespace, agent.name, agent.timing.gc_after)
+    runtime.tracker.forget(agent.namespace, agent.name)
+    runtime.index_forget(agent.namespace, agent.name)
+
+
+async def report_self_preservation(runtime: Runtime, state: SelfPreservation) -> None:
+    metrics.SELF_PRESERVATION.set(1 if state.active else 0)
+    ref = runtime.self_reference()
+    if state.entered:
+        message = (
+            f"{state.silent} of {state.total} agents went silent within one unreachable window; "
+            "the network or the registry is the likelier cause. Garbage collection is paused "
+            f"for at most {runtime.settings.self_preservation_max_pause_seconds:.0f}s."
+        )
+        logger.warning("self-preservation on: %s", message)
+        await runtime.kube.post_event(ref, "Warning", "SelfPreservationActivated", message)
+    elif state.exited_reason == "recovered":
+        message = f"Only {state.silent} of {state.total} agents are silent now; garbage collection resumes."
+        logger.warning("self-preservation off: %s", message)
+        await runtime.kube.post_event(ref, "Normal", "SelfPreservationDeactivated", message)
+    elif state.exited_reason == "expired":
+        message = (
+            f"Garbage collection was paused for "
+            f"{runtime.settings.self_preservation_max_pause_seconds:.0f}s with {state.silent} of "
+            f"{state.total} agents still silent; resuming it (the pause is time-boxed)."
+        )
+        logger.warning("self-preservation expired: %s", message)
+        await runtime.kube.post_event(ref, "Warning", "SelfPreservationExpired", message)

@@ -1,0 +1,273 @@
+"""The operator's memory of heartbeats, and the decisions made from it. Pure logic.
+
+Why an in-memory record and one sweeper, not kopf timers: kopf's per-object timers and
+daemons put a finalizer on every Agent, so `kubectl delete agent` hangs while the
+operator is down, and 10,000 timers are 10,000 tasks. Here every watch event updates a
+small record, and one periodic sweep over all records decides who went silent.
+
+Time is the operator's own monotonic clock, taken when it *observes* a heartbeat change.
+Timestamps written by agents are never compared with anything: a skewed agent clock can
+neither kill a live agent nor keep a dead one alive. A restarted operator starts every
+record at "heard just now", so its own downtime counts against nobody.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from agent_registry.schema.agent import Phase, ReportedStatus
+
+# Status fields a heartbeat writes. Any change in them is a heartbeat.
+HEARTBEAT_FIELDS = ("lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "reportedMetadata")
+
+_PHASE_FOR_REPORT = {
+    ReportedStatus.HEALTHY: Phase.HEALTHY,
+    ReportedStatus.DEGRADED: Phase.DEGRADED,
+    ReportedStatus.UNHEALTHY: Phase.UNHEALTHY,
+}
+
+
+def phase_for_report(reported: str | None) -> Phase:
+    """The phase an agent's own report maps to; no report yet counts as healthy."""
+    if reported is None:
+        return Phase.HEALTHY
+    return _PHASE_FOR_REPORT.get(ReportedStatus(reported), Phase.HEALTHY)
+
+
+def heartbeat_signature(status: Mapping[str, Any] | None) -> str:
+    status = status or {}
+    return json.dumps([status.get(field) for field in HEARTBEAT_FIELDS], sort_keys=True, default=str)
+
+
+@dataclasses.dataclass
+class Timing:
+    interval: float
+    unreachable_after: float
+    gc_after: float
+
+
+@dataclasses.dataclass
+class TrackedAgent:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    agent_type: str
+    timing: Timing
+    signature: str
+    last_heard: float
+    """Operator clock (monotonic) when a heartbeat change was last observed."""
+    phase: Phase | None
+    """The phase as last written to the object (by anyone, as seen in the watch)."""
+    reported: str | None
+    conditions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """As last seen, so lastTransitionTime survives the operator's own rewrites."""
+    last_heard_wall: datetime | None = None
+    """Wall-clock time of the last observed heartbeat, for the REST ``last_seen`` only."""
+    unreachable_since: float | None = None
+    """Operator clock when *this process* judged the agent unreachable; starts GC's clock."""
+    heard_since_start: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def silent_for(self, now: float) -> float:
+        return now - self.last_heard
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What one watch event means."""
+
+    agent: TrackedAgent
+    is_new: bool
+    is_heartbeat: bool
+    desired_phase: Phase
+    previous_phase: Phase | None
+
+    @property
+    def phase_changed(self) -> bool:
+        return self.desired_phase != self.previous_phase
+
+    @property
+    def recovered(self) -> bool:
+        return self.previous_phase == Phase.UNREACHABLE and self.desired_phase != Phase.UNREACHABLE
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfPreservation:
+    active: bool
+    since: float | None
+    silent: int
+    total: int
+    entered: bool = False
+    """True on the sweep that turned it on."""
+    exited_reason: str | None = None
+    """Set on the sweep that turned it off: "recovered" or "expired"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    became_unreachable: list[TrackedAgent]
+    to_delete: list[TrackedAgent]
+    self_preservation: SelfPreservation
+
+
+def _timing(spec: Mapping[str, Any]) -> Timing:
+    heartbeat = spec.get("heartbeat") or {}
+    return Timing(
+        interval=float(heartbeat.get("intervalSeconds", 30)),
+        unreachable_after=float(heartbeat.get("unreachableAfterSeconds", 45)),
+        gc_after=float(heartbeat.get("gcAfterSeconds", 300)),
+    )
+
+
+class Tracker:
+    """All agents the operator watches, keyed by (namespace, name)."""
+
+    def __init__(self, share: float = 0.5, min_agents: int = 3, max_pause: float = 900.0) -> None:
+        self.agents: dict[tuple[str, str], TrackedAgent] = {}
+        self.share = share
+        self.min_agents = min_agents
+        self.max_pause = max_pause
+        self._pause_since: float | None = None
+        # After a time-boxed pause expires, do not pause again until the share drops
+        # below the threshold once: otherwise the same outage re-enters the pause forever.
+        self._pause_spent = False
+
+    # --- events -------------------------------------------------------------------
+
+    def observe(self, body: Mapping[str, Any], now: float) -> Observation:
+        meta = body.get("metadata", {})
+        status = body.get("status") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        signature = heartbeat_signature(status)
+        stored_phase = Phase(status["phase"]) if status.get("phase") else None
+        reported = status.get("reportedStatus")
+        existing = self.agents.get(key)
+        if existing is None or existing.uid != meta.get("uid", ""):
+            agent = TrackedAgent(
+                namespace=key[0],
+                name=key[1],
+                uid=meta.get("uid", ""),
+                resource_version=meta.get("resourceVersion", ""),
+                agent_type=str(body.get("spec", {}).get("type", "")),
+                timing=_timing(body.get("spec", {})),
+                signature=signature,
+                last_heard=now,
+                phase=stored_phase,
+                reported=reported,
+                conditions=list(status.get("conditions") or []),
+            )
+            # An agent this process has not heard yet keeps an Unreachable it already
+            # had, but its clock for garbage collection starts now.
+            if stored_phase == Phase.UNREACHABLE:
+                agent.unreachable_since = now
+            self.agents[key] = agent
+            desired = stored_phase if stored_phase == Phase.UNREACHABLE else phase_for_report(reported)
+            return Observation(agent, True, False, desired, stored_phase)
+
+        agent = existing
+        is_heartbeat = signature != agent.signature
+        agent.resource_version = meta.get("resourceVersion", agent.resource_version)
+        agent.timing = _timing(body.get("spec", {}))
+        agent.signature = signature
+        agent.phase = stored_phase
+        agent.reported = reported
+        agent.conditions = list(status.get("conditions") or [])
+        if is_heartbeat:
+            agent.last_heard_wall = datetime.now(UTC)
+            agent.last_heard = now
+            agent.heard_since_start = True
+            agent.unreachable_since = None
+        desired = self._desired_phase(agent, now)
+        return Observation(agent, False, is_heartbeat, desired, stored_phase)
+
+    def _desired_phase(self, agent: TrackedAgent, now: float) -> Phase:
+        if agent.silent_for(now) > agent.timing.unreachable_after:
+            return Phase.UNREACHABLE
+        if agent.phase == Phase.UNREACHABLE and not agent.heard_since_start:
+            return Phase.UNREACHABLE
+        if agent.phase == Phase.UNREACHABLE and agent.unreachable_since is not None:
+            return Phase.UNREACHABLE
+        return phase_for_report(agent.reported)
+
+    def forget(self, namespace: str, name: str) -> TrackedAgent | None:
+        return self.agents.pop((namespace, name), None)
+
+    def restart_grace(self, now: float) -> None:
+        """Give everyone a fresh grace period (a new leader knows nothing of the past)."""
+        for agent in self.agents.values():
+            agent.last_heard = now
+            if agent.unreachable_since is not None:
+                agent.unreachable_since = now
+
+    # --- sweeps -------------------------------------------------------------------
+
+    def sweep(self, now: float) -> SweepResult:
+        became_unreachable = []
+        for agent in self.agents.values():
+            if agent.unreachable_since is None and agent.silent_for(now) > agent.timing.unreachable_after:
+                agent.unreachable_since = now
+            # Until the write is seen, keep asking for it: a failed patch is retried.
+            if agent.unreachable_since is not None and agent.phase != Phase.UNREACHABLE:
+                became_unreachable.append(agent)
+        preservation = self._self_preservation(now)
+        to_delete = []
+        if not preservation.active:
+            to_delete = [
+                agent
+                for agent in self.agents.values()
+                if agent.unreachable_since is not None and now - agent.unreachable_since > agent.timing.gc_after
+            ]
+        return SweepResult(became_unreachable, to_delete, preservation)
+
+    def _self_preservation(self, now: float) -> SelfPreservation:
+        total = len(self.agents)
+        silent = sum(1 for a in self.agents.values() if a.unreachable_since is not None)
+        mass_silence = total > 0 and silent >= self.min_agents and silent / total > self.share
+        if self._pause_since is None:
+            if not mass_silence:
+                self._pause_spent = False
+                return SelfPreservation(False, None, silent, total)
+            if self._pause_spent or not self._silenced_together(now):
+                return SelfPreservation(False, None, silent, total)
+            self._pause_since = now
+            return SelfPreservation(True, now, silent, total, entered=True)
+        if not mass_silence:
+            self._pause_since = None
+            return SelfPreservation(False, None, silent, total, exited_reason="recovered")
+        if now - self._pause_since > self.max_pause:
+            self._pause_since = None
+            self._pause_spent = True
+            return SelfPreservation(False, None, silent, total, exited_reason="expired")
+        return SelfPreservation(True, self._pause_since, silent, total)
+
+    def _silenced_together(self, now: float) -> bool:
+        """Whether the silent majority fell silent within one unreachable window.
+
+        Agents that died one by one over hours are not an outage; a majority whose last
+        heartbeats all fall within one window of each other is.
+        """
+        silent = [a for a in self.agents.values() if a.unreachable_since is not None]
+        window = max(a.timing.unreachable_after for a in silent)
+        latest = max(a.last_heard for a in silent)
+        together = sum(1 for a in silent if latest - a.last_heard <= window)
+        return together >= self.min_agents and together / len(self.agents) > self.share
+
+    @property
+    def self_preservation_active(self) -> bool:
+        return self._pause_since is not None
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of agents per (phase, type), for the metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for agent in self.agents.values():
+            key = ((agent.phase or Phase.HEALTHY).value, agent.agent_type)
+            counts[key] = counts.get(key, 0) + 1
+        return counts

@@ -1,0 +1,218 @@
+"""The operator, running for real against the real API server and Redis, with short intervals."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.schema import constants as c
+from operator_harness import Agents, HeartbeatPump, OperatorProcess, wait_for
+
+# 1 s heartbeats, Unreachable after 3 s of silence, deleted 4 s after that.
+FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 4}}
+# Same silence threshold, but kept long enough that nothing is deleted during a test.
+KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 600}}
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture(scope="module")
+def api_client(controlplane: LocalControlPlane) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def agents(api_client: client.ApiClient, namespace: str) -> Agents:
+    return Agents(api_client, namespace)
+
+
+@pytest.fixture
+def make_operator(controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[OperatorProcess] = []
+
+    def make(**overrides: Any) -> OperatorProcess:
+        op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path, **overrides)
+        started.append(op)
+        return op
+
+    yield make
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def operator(make_operator: Any) -> OperatorProcess:
+    op: OperatorProcess = make_operator().start()
+    return op
+
+
+def _initialised(agents: Agents, name: str) -> dict[str, Any] | None:
+    obj = agents.get(name)
+    return obj if obj and obj.get("status", {}).get("agentId") else None
+
+
+def test_create_initialises_status_label_and_event(
+    operator: OperatorProcess, agents: Agents, controlplane: LocalControlPlane, namespace: str
+) -> None:
+    agents.create("cost-1", capabilities=["spot_migration"])
+    obj = wait_for(
+        "status initialised", lambda: (o := agents.get("cost-1")) and o.get("status", {}).get("agentId") and o
+    )
+    status = obj["status"]
+    assert UUID_RE.match(status["agentId"])
+    assert obj["metadata"]["labels"][c.AGENT_ID_LABEL] == status["agentId"]
+    assert obj["metadata"]["labels"][c.AGENT_TYPE_LABEL] == "cost"
+    assert status["phase"] == "Healthy"
+    assert status["registeredAt"]
+    assert {cond["type"]: cond["status"] for cond in status["conditions"]} == {"Ready": "True", "Reachable": "True"}
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    wait_for("Registered event", lambda: "Registered" in agents.reasons("cost-1"))
+    table = controlplane.kubectl("get", "agents", "-n", namespace).stdout
+    assert re.search(r"cost-1\s+cost\s+Healthy", table), table
+    # Neither finalizers nor kopf annotations on the object.
+    assert not obj["metadata"].get("finalizers")
+    assert not any("kopf" in key for key in obj["metadata"].get("annotations", {}))
+
+
+def test_heartbeats_phases_unreachable_recovery_and_gc(operator: OperatorProcess, agents: Agents) -> None:
+    agents.create("perf-1", type="performance", **FAST)
+    wait_for("Healthy", lambda: agents.phase("perf-1") == "Healthy")
+
+    with HeartbeatPump(agents, ["perf-1"]):
+        time.sleep(5)  # longer than unreachable-after: heartbeats keep it alive
+        assert agents.phase("perf-1") == "Healthy"
+    with HeartbeatPump(agents, ["perf-1"], status="degraded"):
+        wait_for("Degraded", lambda: agents.phase("perf-1") == "Degraded")
+    with HeartbeatPump(agents, ["perf-1"], status="unhealthy"):
+        wait_for("Unhealthy", lambda: agents.phase("perf-1") == "Unhealthy")
+
+    silent_from = time.monotonic()
+    wait_for("Unreachable", lambda: agents.phase("perf-1") == "Unreachable", timeout=15)
+    # Within unreachable-after (3 s) plus one sweep (0.5 s), with slack for a loaded machine.
+    assert time.monotonic() - silent_from < 3 + 0.5 + 5
+    obj = agents.get("perf-1")
+    assert obj is not None
+    conditions = {cond["type"]: cond for cond in obj["status"]["conditions"]}
+    assert conditions["Reachable"]["status"] == "False" and conditions["Ready"]["status"] == "False"
+    wait_for("Unreachable event", lambda: "Unreachable" in agents.reasons("perf-1"))
+
+    agents.heartbeat("perf-1")
+    wait_for("recovered", lambda: agents.phase("perf-1") == "Healthy")
+    wait_for("Recovered event", lambda: "Recovered" in agents.reasons("perf-1"))
+
+    wait_for("deleted after gc-after", lambda: agents.get("perf-1") is None, timeout=30)
+    assert "Removed" in agents.reasons("perf-1")
+    assert operator.metric("agent_registry_gc_deletions_total") is not None
+
+
+@pytest.mark.parametrize("skew_minutes", [10, -10])
+def test_clock_skew_changes_nothing(operator: OperatorProcess, agents: Agents, skew_minutes: int) -> None:
+    agents.create("skewed", **FAST)
+    wait_for("Healthy", lambda: agents.phase("skewed") == "Healthy")
+    with HeartbeatPump(agents, ["skewed"], skew=timedelta(minutes=skew_minutes)):
+        time.sleep(5)
+        assert agents.phase("skewed") == "Healthy", "a live agent with a skewed clock must stay Healthy"
+    wait_for("Unreachable once silent", lambda: agents.phase("skewed") == "Unreachable", timeout=15)
+
+
+def test_restart_gives_everyone_a_fresh_grace_period(make_operator: Any, agents: Agents) -> None:
+    op = make_operator().start()
+    agents.create("steady", **FAST)
+    wait_for("Healthy", lambda: agents.phase("steady") == "Healthy")
+    agents.heartbeat("steady")
+    op.stop()
+    time.sleep(5)  # the agent's timestamps age past unreachable-after while the operator is down
+    restarted = time.monotonic()
+    op2 = make_operator(identity="op-b").start()
+    # Not Unreachable before a full unreachable-after has passed since the restart.
+    while time.monotonic() - restarted < 2.5:
+        assert agents.phase("steady") == "Healthy"
+        time.sleep(0.2)
+    wait_for("Unreachable after a full grace period", lambda: agents.phase("steady") == "Unreachable", timeout=15)
+    assert time.monotonic() - restarted >= 3
+    op2.stop()
+
+
+def test_delete_completes_while_operator_is_down(make_operator: Any, agents: Agents) -> None:
+    op = make_operator().start()
+    agents.create("doomed")
+    wait_for("Healthy", lambda: agents.phase("doomed") == "Healthy")
+    op.kill()
+    agents.delete("doomed")
+    wait_for("deleted without the operator", lambda: agents.get("doomed") is None, timeout=10)
+
+
+def test_self_preservation_pauses_gc_and_resumes(operator: OperatorProcess, agents: Agents) -> None:
+    names = [f"fleet-{i}" for i in range(5)]
+    for name in names:
+        agents.create(name, **FAST)
+    wait_for("all Healthy", lambda: all(agents.phase(n) == "Healthy" for n in names))
+    survivor = names[0]
+    with HeartbeatPump(agents, [survivor]):
+        # 4 of 5 go silent at once: more than 50%, at least 3.
+        wait_for("mass Unreachable", lambda: all(agents.phase(n) == "Unreachable" for n in names[1:]), timeout=15)
+        wait_for("self-preservation Event", lambda: "SelfPreservationActivated" in agents.reasons(), timeout=10)
+        assert operator.metric("agent_registry_self_preservation_active") == 1
+        time.sleep(6)  # past gc-after: nobody is deleted while paused
+        assert all(agents.get(n) is not None for n in names)
+        pump_all = HeartbeatPump(agents, names[1:])
+        with pump_all:
+            wait_for("recovery", lambda: all(agents.phase(n) == "Healthy" for n in names), timeout=15)
+            wait_for("resume Event", lambda: "SelfPreservationDeactivated" in agents.reasons(), timeout=10)
+            assert operator.metric("agent_registry_self_preservation_active") == 0
+
+
+def test_self_preservation_is_time_boxed(make_operator: Any, agents: Agents) -> None:
+    make_operator(self_preservation_max_pause_seconds=3).start()
+    names = [f"boxed-{i}" for i in range(4)]
+    for name in names:
+        agents.create(name, **FAST)
+    wait_for("all Healthy", lambda: all(agents.phase(n) == "Healthy" for n in names))
+    wait_for("self-preservation Event", lambda: "SelfPreservationActivated" in agents.reasons(), timeout=15)
+    wait_for("expiry Event", lambda: "SelfPreservationExpired" in agents.reasons(), timeout=15)
+    wait_for("GC resumed", lambda: not agents.list(), timeout=20)
+
+
+def test_malformed_status_does_not_stop_others(operator: OperatorProcess, agents: Agents) -> None:
+    agents.create("good", **KEEP)
+    agents.create("odd", **KEEP)
+    wait_for("both Healthy", lambda: agents.phase("good") == "Healthy" and agents.phase("odd") == "Healthy")
+    # A writer sending a status the API server rejects: it names the field, nothing changes.
+    with pytest.raises(client.exceptions.ApiException) as excinfo:
+        agents.api.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, agents.namespace, c.PLURAL, "odd", {"status": {"phase": "Zombie"}}
+        )
+    assert "status.phase" in json.loads(excinfo.value.body)["message"]
+    # A writer that sets a phase by hand without heartbeats: the operator keeps its own judgement.
+    agents.api.patch_namespaced_custom_object_status(
+        c.GROUP, c.VERSION, agents.namespace, c.PLURAL, "odd", {"status": {"reportedStatus": "degraded"}}
+    )
+    wait_for("odd Degraded", lambda: agents.phase("odd") == "Degraded")
+    with HeartbeatPump(agents, ["good"]):
+        time.sleep(4)
+        assert agents.phase("good") == "Healthy"
+    assert operator.proc is not None and operator.proc.poll() is None
+
+
+def test_only_the_leader_acts_and_the_standby_takes_over(make_operator: Any, agents: Agents) -> None:
+    first = make_operator(identity="replica-1").start()
+    wait_for("a leader", lambda: first.metric("agent_registry_leader") == 1)
+    second = make_operator(identity="replica-2").start()
+    time.sleep(2)
+    assert second.metric("agent_registry_leader") == 0
+    agents.create("led", **KEEP)
+    wait_for("initialised by the leader", lambda: agents.phase("led") == "Healthy")
+    first.kill()  # no lease release: the standby must wait for expiry, then act
+    wait_for("standby takes over", lambda: second.metric("agent_registry_leader") == 1, timeout=20)
+    agents.create("after-failover", **KEEP)
+    wait_for("initialised by the new leader", lambda: agents.phase("after-failover") == "Healthy")
