@@ -19,7 +19,7 @@ from typing import Any
 
 from agent_registry.controller import metrics
 from agent_registry.controller.settings import OperatorSettings
-from agent_registry.index import IndexedAgent, IndexUnavailable, IndexWriter, record_from_resource
+from agent_registry.index import IndexedAgent, IndexLost, IndexUnavailable, IndexWriter, connect, record_from_resource
 from agent_registry.schema.agent import Phase
 from agent_registry.schema.rest import rest_status
 
@@ -114,6 +114,11 @@ class IndexSync:
                 if outage:
                     logger.warning("Redis is reachable again; index rebuilt")
                 outage, backoff = False, 0.5
+            except IndexLost:
+                # Redis answers but holds no index (restart, FLUSHALL, expiry): rebuild.
+                logger.warning("the Redis index is gone; rebuilding it from memory")
+                self._full_needed = True
+                self._wake.set()
             except (IndexUnavailable, OSError) as exc:
                 metrics.REDIS_ERRORS.inc()
                 if not outage:
@@ -136,8 +141,8 @@ class IndexSync:
 
     async def _ensure_writer(self) -> IndexWriter:
         if self._writer is None:
-            self._writer = IndexWriter.from_url(
-                self.settings.redis_url,
+            self._writer = IndexWriter(
+                connect(self.settings.redis_url),
                 prefix=self.settings.redis_key_prefix,
                 ttl_seconds=self.settings.index_ttl_seconds,
             )
@@ -163,9 +168,10 @@ class IndexSync:
         try:
             for agent_id in removed.values():
                 await writer.remove(agent_id)
-            batch = [self.records[key] for key in dirty if key in self.records]
-            if batch:
-                await writer.upsert_many(batch)
+            for key in dirty:
+                record = self.records.get(key)
+                if record is not None:
+                    await writer.upsert(record)
         except BaseException:
             # Keep what was not written; the outage path rebuilds everything anyway.
             self._removed.update(removed)
@@ -174,4 +180,4 @@ class IndexSync:
 
     async def close(self) -> None:
         if self._writer is not None:
-            await self._writer.close()
+            await self._writer.redis.aclose()  # type: ignore[attr-defined,unused-ignore]
