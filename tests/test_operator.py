@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from operator_harness import Agents, HeartbeatPump, OperatorProcess, wait_for
 FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 4}}
 # Same silence threshold, but kept long enough that nothing is deleted during a test.
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 600}}
+REPO = Path(__file__).resolve().parent.parent
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -216,3 +218,63 @@ def test_only_the_leader_acts_and_the_standby_takes_over(make_operator: Any, age
     wait_for("standby takes over", lambda: second.metric("agent_registry_leader") == 1, timeout=20)
     agents.create("after-failover", **KEEP)
     wait_for("initialised by the new leader", lambda: agents.phase("after-failover") == "Healthy")
+
+
+def test_liveness_probe_reports_leadership_and_agents(operator: OperatorProcess, agents: Agents) -> None:
+    agents.create("probed", **KEEP)
+    wait_for("Healthy", lambda: agents.phase("probed") == "Healthy")
+
+    def probe() -> dict[str, Any] | None:
+        url = f"http://127.0.0.1:{operator.liveness_port}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return data if data.get("agents") == 1 else None
+
+    data = wait_for("probe with one agent", probe)
+    assert data["leader"] is True
+
+
+def test_malformed_agent_gets_an_event_and_others_carry_on(
+    operator: OperatorProcess, agents: Agents, controlplane: LocalControlPlane
+) -> None:
+    """An object the current schema would reject (written under an older, looser CRD)."""
+    crd = json.loads(controlplane.kubectl("get", "crd", c.CRD_NAME, "-o", "json").stdout)
+    loose = json.loads(json.dumps(crd))
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        loose["metadata"].pop(key, None)
+    loose.pop("status", None)
+    version = loose["spec"]["versions"][0]
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    version.pop("additionalPrinterColumns", None)
+    try:
+        controlplane.kubectl("replace", "-f", "-", input=json.dumps(loose))
+        wait_for(
+            "the loose schema served",
+            lambda: _try_create(agents, "broken", {"type": "cost", "host": "h", "port": "eighty"}),
+            timeout=20,
+        )
+    finally:
+        controlplane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    agents.create("fine", **KEEP)
+    wait_for("InvalidSpec event", lambda: "InvalidSpec" in agents.reasons("broken"))
+    wait_for("the valid agent is served", lambda: agents.phase("fine") == "Healthy")
+    assert operator.proc is not None and operator.proc.poll() is None
+    assert "invalid spec" in operator.logs()
+    agents.delete("broken")
+
+
+def _try_create(agents: Agents, name: str, spec: dict[str, Any]) -> bool:
+    try:
+        agents.api.create_namespaced_custom_object(
+            c.GROUP,
+            c.VERSION,
+            agents.namespace,
+            c.PLURAL,
+            {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name}, "spec": spec},
+        )
+    except client.exceptions.ApiException:
+        return False
+    return True

@@ -180,4 +180,6 @@ class IndexSync:
 
     async def close(self) -> None:
         if self._writer is not None:
+            with contextlib.suppress(IndexUnavailable, OSError):
+                await self._writer.drain()  # let the background clean-up of old generations finish
             await self._writer.redis.aclose()  # type: ignore[attr-defined,unused-ignore]
