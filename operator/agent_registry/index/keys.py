@@ -1,0 +1,131 @@
+"""The key layout: the one place that names Redis keys.
+
+Everything but two pointer keys lives in a *generation*, so a full resync can build a
+complete new index beside the live one and switch to it in one step::
+
+    <p> = <prefix>:v1                 format version: a new layout gets a fresh keyspace
+    <p>:current                       string  id of the live generation (the pointer)
+    <p>:pending                       set     ids of generations a resync is building
+    <p>:g:<gen>:meta                  hash    marker: agents (record count), state, created
+    <p>:g:<gen>:rec                   hash    agent id -> IndexedAgent JSON
+    <p>:g:<gen>:names                 hash    "<namespace>/<name>" -> agent id
+    <p>:g:<gen>:mem                   hash    agent id -> its name field and set names, one a line
+    <p>:g:<gen>:keys                  set     every set key of the generation, for refresh()
+    <p>:g:<gen>:touched               set     ids changed live while the generation was pending
+    <p>:g:<gen>:s:<scope>:all         set     agent ids in the scope
+    <p>:g:<gen>:s:<scope>:type:<t>    set
+    <p>:g:<gen>:s:<scope>:cap:<c>     set
+    <p>:g:<gen>:s:<scope>:status:<s>  set     REST status: healthy|degraded|unhealthy|unreachable
+
+``<scope>`` is a namespace, or ``*`` for all namespaces: each agent is in both, so a
+cluster-wide query is one SINTER like a namespaced one. No namespace can be named ``*``,
+and types, capabilities and namespaces never contain ``:`` (``IndexedAgent`` checks), so
+names cannot collide. ``mem`` remembers an agent's memberships so an upsert can leave the
+sets it no longer belongs to without parsing the old record in Lua.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from agent_registry.index.record import IndexedAgent
+
+DEFAULT_PREFIX: Final = "agent-registry"
+FORMAT_VERSION: Final = "v1"
+ALL_NAMESPACES: Final = "*"
+REST_STATUSES: Final = ("healthy", "degraded", "unhealthy", "unreachable")
+
+# Per-generation key suffixes; the Lua scripts get them from here too.
+META: Final = "meta"
+RECORDS: Final = "rec"
+NAMES: Final = "names"
+MEMBERSHIPS: Final = "mem"
+KEY_REGISTRY: Final = "keys"
+TOUCHED: Final = "touched"
+FIXED_KEYS: Final = (META, RECORDS, NAMES, MEMBERSHIPS, KEY_REGISTRY, TOUCHED)
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(ch.isspace() for ch in self.prefix):
+            raise ValueError(f"key prefix {self.prefix!r} must be non-empty without whitespace")
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}:{FORMAT_VERSION}"
+
+    @property
+    def current(self) -> str:
+        return f"{self.root}:current"
+
+    @property
+    def pending(self) -> str:
+        return f"{self.root}:pending"
+
+    @property
+    def generations(self) -> str:
+        """What every generation key starts with; the scripts append ``<gen>:``."""
+        return f"{self.root}:g:"
+
+    @property
+    def generations_pattern(self) -> str:
+        """A SCAN pattern for all generation keys (the prefix may contain glob characters)."""
+        return re.sub(r"([\\*?\[\]])", r"\\\1", self.generations) + "*"
+
+    def generation(self, gen: str) -> str:
+        return f"{self.generations}{gen}:"
+
+    def key(self, gen: str, suffix: str) -> str:
+        return self.generation(gen) + suffix
+
+
+def name_field(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def all_set(scope: str) -> str:
+    return f"s:{scope}:all"
+
+
+def type_set(scope: str, agent_type: str) -> str:
+    return f"s:{scope}:type:{agent_type}"
+
+
+def capability_set(scope: str, capability: str) -> str:
+    return f"s:{scope}:cap:{capability}"
+
+
+def status_set(scope: str, status: str) -> str:
+    return f"s:{scope}:status:{status}"
+
+
+def memberships(record: IndexedAgent) -> str:
+    """The ``mem`` entry: the record's name field, then every set it belongs to, one a line."""
+    view = record.agent
+    lines = [name_field(record.namespace, view.name)]
+    for scope in (record.namespace, ALL_NAMESPACES):
+        lines.append(all_set(scope))
+        lines.append(type_set(scope, view.type))
+        lines.append(status_set(scope, view.status))
+        lines.extend(capability_set(scope, capability) for capability in view.capabilities)
+    return "\n".join(lines)
+
+
+def query_sets(
+    namespace: str | None, agent_type: str | None, capabilities: Sequence[str], status: str | None
+) -> list[str]:
+    """The sets whose intersection answers a query (never empty: no filter means the scope's ``all``)."""
+    scope = ALL_NAMESPACES if namespace is None else namespace
+    sets = []
+    if agent_type is not None:
+        sets.append(type_set(scope, agent_type))
+    if status is not None:
+        sets.append(status_set(scope, status))
+    sets.extend(capability_set(scope, capability) for capability in dict.fromkeys(capabilities))
+    return sets or [all_set(scope)]

@@ -1,0 +1,145 @@
+"""Reading the index: what the HTTP facade needs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from agent_registry.index import keys as k
+from agent_registry.index import scripts
+from agent_registry.index.errors import IndexLost, translated_errors
+from agent_registry.index.record import IndexedAgent
+from agent_registry.schema.agent import DNS_LABEL_PATTERN
+
+# The dev environment carries types-redis (stubs for redis 4), in which the client is
+# generic; redis-py 8's own hints are not. One alias keeps both type-checking.
+RedisClient: TypeAlias = "Redis[Any]"  # type: ignore[type-arg,unused-ignore]
+
+DEFAULT_TIMEOUT_SECONDS = 2.0
+_NO_INDEX = -1  # what the read scripts return when there is no intact index
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+
+
+def connect(url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> RedisClient:
+    """A client suited to the index.
+
+    A cache that hangs is worse than one that is down: callers fall back to the API
+    server, so every socket operation is bounded. One immediate retry covers the stale
+    pooled connection a Redis restart leaves behind; more would only delay the fallback.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), retries=1),
+        decode_responses=True,
+    )
+
+
+def text(value: str | bytes) -> str:
+    """Key names and ids as ``str``, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse(raw: Any) -> IndexedAgent:
+    return IndexedAgent.model_validate_json(raw)
+
+
+def _no_index(reply: Any) -> bool:
+    return isinstance(reply, int) and reply == _NO_INDEX
+
+
+class IndexReader:
+    """Lookups against the live generation. Every method raises ``IndexUnavailable``
+    (``IndexLost`` when Redis answers but holds no index) instead of a Redis error.
+
+    Each lookup is one script that resolves the current generation and reads it, so a
+    resync switching generations underneath is never seen half-way and needs no retry.
+    """
+
+    def __init__(self, redis: RedisClient, *, prefix: str = k.DEFAULT_PREFIX) -> None:
+        self.redis = redis
+        self.layout = k.KeyLayout(prefix)
+        self._get = redis.register_script(scripts.GET)
+        self._get_by_name = redis.register_script(scripts.GET_BY_NAME)
+        self._query = redis.register_script(scripts.QUERY)
+        self._is_intact = redis.register_script(scripts.IS_INTACT)
+
+    async def get(self, agent_id: str) -> IndexedAgent | None:
+        with translated_errors():
+            reply = await self._get(keys=[self.layout.current], args=[self.layout.generations, agent_id])
+            return self._one(reply)
+
+    async def get_by_name(self, namespace: str, name: str) -> IndexedAgent | None:
+        with translated_errors():
+            reply = await self._get_by_name(
+                keys=[self.layout.current], args=[self.layout.generations, k.name_field(namespace, name)]
+            )
+            return self._one(reply)
+
+    async def query(
+        self,
+        namespace: str | None,
+        type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+    ) -> list[IndexedAgent]:
+        """Agents matching every given filter (all ``capabilities`` must match), sorted
+        by name; ``namespace=None`` means all namespaces."""
+        if not self._valid_scope(namespace):
+            return []
+        with translated_errors():
+            reply = await self._query(
+                keys=[self.layout.current],
+                args=[self.layout.generations, "records", *k.query_sets(namespace, type, capabilities, status)],
+            )
+            if _no_index(reply):
+                raise IndexLost("no index in redis")
+            records = [_parse(raw) for raw in reply]
+        records.sort(key=lambda record: (record.name, record.namespace))
+        return records
+
+    async def count(
+        self,
+        namespace: str | None,
+        type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+    ) -> int:
+        """How many agents ``query`` would return, without fetching them."""
+        if not self._valid_scope(namespace):
+            return 0
+        with translated_errors():
+            reply = await self._query(
+                keys=[self.layout.current],
+                args=[self.layout.generations, "count", *k.query_sets(namespace, type, capabilities, status)],
+            )
+        if _no_index(reply):
+            raise IndexLost("no index in redis")
+        return int(reply)
+
+    async def is_intact(self) -> bool:
+        """False when the index is gone or damaged (FLUSHALL, a restart without
+        persistence, expiry, eviction): the operator then runs a full resync."""
+        with translated_errors():
+            return bool(await self._is_intact(keys=[self.layout.current], args=[self.layout.generations]))
+
+    async def ping(self) -> bool:
+        with translated_errors():
+            return bool(await self.redis.ping())
+
+    @staticmethod
+    def _one(reply: Any) -> IndexedAgent | None:
+        if _no_index(reply):
+            raise IndexLost("no index in redis")
+        return None if reply is None else _parse(reply)
+
+    @staticmethod
+    def _valid_scope(namespace: str | None) -> bool:
+        # A namespace comes from a URL; "*" would otherwise widen the query to every namespace.
+        return namespace is None or bool(_DNS_LABEL.match(namespace))

@@ -1,0 +1,94 @@
+"""The record the index keeps per agent, and the pure function that builds it from an Agent object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from agent_registry.schema.agent import CAPABILITY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Phase
+from agent_registry.schema.rest import AgentView, agent_view_from_resource, rest_status
+
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+_DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
+_CAPABILITY = re.compile(CAPABILITY_PATTERN)
+
+
+class IndexedAgent(BaseModel):
+    """One agent: the REST ``Agent`` plus what lookups and the facade need.
+
+    ``agent.name`` is also the Agent object's name. ``agent.last_seen`` is the time the
+    operator observed the last heartbeat, on its own clock.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: AgentView
+    namespace: str
+    uid: str = ""
+    resource_version: str = ""
+    phase: Phase | None = None
+    """The CR's phase; ``agent.status`` is its REST spelling (no phase yet reads as healthy)."""
+
+    @model_validator(mode="after")
+    def _usable_in_key_names(self) -> Self:
+        # These strings become parts of Redis key names. The CRD guarantees them for real
+        # objects; checking here keeps a hand-built record from writing keys that collide
+        # (a type containing ":cap:" would land in a capability set).
+        view = self.agent
+        if not view.id:
+            raise ValueError("an agent without an id cannot be indexed")
+        if not _DNS_LABEL.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a DNS label")
+        if not _DNS_SUBDOMAIN.match(view.name):
+            raise ValueError(f"name {view.name!r} is not a DNS subdomain")
+        if not _DNS_LABEL.match(view.type):
+            raise ValueError(f"type {view.type!r} is not a DNS label")
+        for capability in view.capabilities:
+            if not _CAPABILITY.match(capability):
+                raise ValueError(f"capability {capability!r} does not match {CAPABILITY_PATTERN}")
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.agent.id
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST ``Agent`` on the wire (``metadata`` omitted when empty)."""
+        return self.agent.to_json()
+
+
+def record_from_resource(
+    resource: Mapping[str, Any],
+    *,
+    phase: Phase | str | None = None,
+    last_seen: datetime | None = None,
+) -> IndexedAgent:
+    """The index record for an Agent object as the API server returns it.
+
+    ``phase`` overrides ``status.phase`` when the operator has decided a phase it has not
+    patched in yet; ``last_seen`` is the operator's own observation time of the last
+    heartbeat (``agent_view_from_resource`` falls back to the agent's clock otherwise).
+    """
+    view = agent_view_from_resource(resource, last_seen=last_seen)
+    meta = resource.get("metadata") or {}
+    if phase is None:
+        current = (resource.get("status") or {}).get("phase")
+        resolved = Phase(current) if current else None
+    else:
+        resolved = Phase(phase)
+        view = view.model_copy(update={"status": rest_status(resolved)})
+    return IndexedAgent(
+        agent=view,
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        phase=resolved,
+    )

@@ -1,0 +1,269 @@
+"""The Lua scripts that read and change the index.
+
+Every change is a script so it is atomic: an upsert moves an agent between sets in one
+step, and a reader resolves the current generation and reads it in one step, so a
+resync that switches generations (and then deletes the old one) can never be seen
+half-way. Scripts build key names from the generation they find, which is fine on a
+single Redis (the supported setup) but not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from agent_registry.index import keys as k
+
+_PRELUDE: Final = f"""
+local META, REC, NAMES, MEM, KEYREG, TOUCHED =
+  '{k.META}', '{k.RECORDS}', '{k.NAMES}', '{k.MEMBERSHIPS}', '{k.KEY_REGISTRY}', '{k.TOUCHED}'
+"""
+
+_WRITE_HELPERS: Final = r"""
+local function lines(text)
+  local out = {}
+  for part in string.gmatch(text, '[^\n]+') do out[#out + 1] = part end
+  return out
+end
+
+-- Take the agent out of every set and name entry its previous record put it in, except `keep`.
+local function leave_old(base, id, keep)
+  local old = redis.call('HGET', base .. MEM, id)
+  if not old then return end
+  local entries = lines(old)
+  -- Only if the name still points here: a new agent may have taken the name since.
+  if not keep[entries[1]] and redis.call('HGET', base .. NAMES, entries[1]) == id then
+    redis.call('HDEL', base .. NAMES, entries[1])
+  end
+  for i = 2, #entries do
+    if not keep[entries[i]] then redis.call('SREM', base .. entries[i], id) end
+  end
+end
+
+-- `expired` lists keys this script call already gave a TTL (and registered), so a batch
+-- of records sharing sets pays for that once.
+local function put(base, ttl, id, record, membership, expired)
+  local entries = lines(membership)
+  local keep = {}
+  for _, entry in ipairs(entries) do keep[entry] = true end
+  leave_old(base, id, keep)
+  for i = 2, #entries do
+    local key = base .. entries[i]
+    redis.call('SADD', key, id)
+    if not expired[key] then
+      redis.call('EXPIRE', key, ttl)
+      redis.call('SADD', base .. KEYREG, key)
+      expired[key] = true
+    end
+  end
+  redis.call('HSET', base .. NAMES, entries[1], id)
+  redis.call('HSET', base .. MEM, id, membership)
+  if redis.call('HSET', base .. REC, id, record) == 1 then
+    redis.call('HINCRBY', base .. META, 'agents', 1)
+  end
+  if not expired[base] then
+    for _, suffix in ipairs({NAMES, MEM, REC, KEYREG}) do redis.call('EXPIRE', base .. suffix, ttl) end
+    expired[base] = true
+  end
+end
+
+local function drop(base, id)
+  leave_old(base, id, {})
+  redis.call('HDEL', base .. MEM, id)
+  if redis.call('HDEL', base .. REC, id) == 1 then
+    redis.call('HINCRBY', base .. META, 'agents', -1)
+  end
+end
+
+-- A live change goes to the current generation and to every generation a resync is
+-- building, so a resync cannot lose changes made while it listed and loaded. Returns
+-- {base, ttl, pending} triples. A generation whose marker is gone is lost: no writes.
+local function targets(current_key, pending_key, gens, ttl, lease)
+  local out = {}
+  local current = redis.call('GET', current_key)
+  if current and redis.call('EXISTS', gens .. current .. ':' .. META) == 1 then
+    out[#out + 1] = {gens .. current .. ':', ttl, false}
+  end
+  for _, gen in ipairs(redis.call('SMEMBERS', pending_key)) do
+    if redis.call('EXISTS', gens .. gen .. ':' .. META) == 1 then
+      out[#out + 1] = {gens .. gen .. ':', lease, true}
+    else
+      redis.call('SREM', pending_key, gen)  -- its resync died; its keys expire or get collected
+    end
+  end
+  return out
+end
+
+-- In a pending generation, a live change outranks the resync's snapshot of the same agent.
+local function mark_touched(target, id)
+  if target[3] then
+    redis.call('SADD', target[1] .. TOUCHED, id)
+    redis.call('EXPIRE', target[1] .. TOUCHED, target[2])
+  end
+end
+"""
+
+# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id, record JSON, memberships.
+# Returns how many generations it reached (0: there is no index).
+UPSERT: Final = (
+    _PRELUDE
+    + _WRITE_HELPERS
+    + """
+local reached = targets(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+for _, target in ipairs(reached) do
+  put(target[1], target[2], ARGV[4], ARGV[5], ARGV[6], {})
+  mark_touched(target, ARGV[4])
+end
+return #reached
+"""
+)
+
+# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id.
+REMOVE: Final = (
+    _PRELUDE
+    + _WRITE_HELPERS
+    + """
+local reached = targets(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+for _, target in ipairs(reached) do
+  drop(target[1], ARGV[4])
+  mark_touched(target, ARGV[4])  -- a tombstone: the snapshot must not bring the agent back
+end
+return #reached
+"""
+)
+
+# KEYS: pending. ARGV: generations prefix, gen, lease, then (id, record JSON, memberships) triples.
+# Returns how many records it wrote, or -1 when the resync's lease ran out.
+LOAD: Final = (
+    _PRELUDE
+    + _WRITE_HELPERS
+    + """
+local base = ARGV[1] .. ARGV[2] .. ':'
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 or redis.call('EXISTS', base .. META) == 0 then
+  return -1
+end
+local loaded, expired = 0, {}
+for i = 4, #ARGV, 3 do
+  if redis.call('SISMEMBER', base .. TOUCHED, ARGV[i]) == 0 then
+    put(base, ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2], expired)
+    loaded = loaded + 1
+  end
+end
+return loaded
+"""
+)
+
+# KEYS: current, pending. ARGV: generations prefix, gen, ttl.
+# Returns 1, or -1 when the resync's lease ran out (changes may have missed it).
+COMMIT: Final = (
+    _PRELUDE
+    + """
+local base = ARGV[1] .. ARGV[2] .. ':'
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 or redis.call('EXISTS', base .. META) == 0 then
+  return -1
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('HSET', base .. META, 'state', 'live')
+redis.call('EXPIRE', base .. META, ARGV[3])
+redis.call('UNLINK', base .. TOUCHED)
+return 1
+"""
+)
+
+# KEYS: current, pending, then candidate keys from SCAN. ARGV: generations prefix.
+# Deletes the candidates that belong to neither the live generation nor a pending one.
+# Deciding and deleting in one script means a resync that starts meanwhile keeps its keys.
+COLLECT: Final = """
+local live = {}
+local current = redis.call('GET', KEYS[1])
+if current then live[current] = true end
+for _, gen in ipairs(redis.call('SMEMBERS', KEYS[2])) do live[gen] = true end
+local skip = #ARGV[1]
+local deleted = 0
+for i = 3, #KEYS do
+  local gen = string.match(string.sub(KEYS[i], skip + 1), '^([^:]+):')
+  if gen and not live[gen] then
+    redis.call('UNLINK', KEYS[i])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+_READ_HELPERS: Final = """
+-- The live generation's key prefix, or nil when there is no intact index.
+local function live_base(current_key, gens)
+  local gen = redis.call('GET', current_key)
+  if not gen then return nil end
+  local base = gens .. gen .. ':'
+  if redis.call('EXISTS', base .. META) == 0 then return nil end
+  return base
+end
+"""
+
+# The read scripts return -1 when there is no index; otherwise the record JSON or nil.
+
+# KEYS: current. ARGV: generations prefix, agent id.
+GET: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return -1 end
+return redis.call('HGET', base .. REC, ARGV[2])
+"""
+)
+
+# KEYS: current. ARGV: generations prefix, name field.
+GET_BY_NAME: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return -1 end
+local id = redis.call('HGET', base .. NAMES, ARGV[2])
+if not id then return false end
+return redis.call('HGET', base .. REC, id)
+"""
+)
+
+# KEYS: current. ARGV: generations prefix, "count" or "records", then set suffixes (at least one).
+# Returns -1, a count, or the list of record JSONs.
+QUERY: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return -1 end
+local sets = {}
+for i = 3, #ARGV do sets[#sets + 1] = base .. ARGV[i] end
+if #sets == 1 and ARGV[2] == 'count' then return redis.call('SCARD', sets[1]) end
+local ids
+if #sets == 1 then ids = redis.call('SMEMBERS', sets[1]) else ids = redis.call('SINTER', unpack(sets)) end
+if ARGV[2] == 'count' then return #ids end
+local out = {}
+-- unpack() is bounded by Lua's C stack, so fetch in chunks.
+for first = 1, #ids, 500 do
+  local chunk = {}
+  for i = first, math.min(first + 499, #ids) do chunk[#chunk + 1] = ids[i] end
+  for _, record in ipairs(redis.call('HMGET', base .. REC, unpack(chunk))) do
+    if record then out[#out + 1] = record end
+  end
+end
+return out
+"""
+)
+
+# KEYS: current. ARGV: generations prefix. 1 when the pointer, the marker and the record
+# count agree; 0 when any is missing or off (evicted, expired, flushed).
+IS_INTACT: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return 0 end
+local agents = tonumber(redis.call('HGET', base .. META, 'agents') or '0')
+if redis.call('HLEN', base .. REC) ~= agents then return 0 end
+return 1
+"""
+)
