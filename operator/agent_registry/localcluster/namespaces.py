@@ -1,0 +1,88 @@
+"""Deleting a namespace on a control plane that has no namespace controller.
+
+In a real cluster, deleting a namespace only marks it ``Terminating``; the namespace
+controller (in kube-controller-manager) then deletes every object in it and finally
+clears the namespace's ``kubernetes`` finalizer so it disappears. Without that controller
+the namespace would stay ``Terminating`` forever, and its objects — Agents with their
+operator timers among them — would pile up over a test session.
+
+:func:`purge_namespace` does the controller's job. It goes one step further: objects held
+by finalizers (an operator's, say, after the operator stopped) get those finalizers
+removed, so nothing survives the namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from agent_registry.localcluster.apiclient import MERGE_PATCH, ApiClient, ApiError
+
+# One request returns every group with its resources (Kubernetes >= 1.30).
+AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+# events.k8s.io/v1 events are the core events under another name; emptying one empties both.
+_ALIASES = {("events.k8s.io", "events")}
+_DELETE_NOW = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "propagationPolicy": "Background"}
+_GONE = (404, 409)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceType:
+    """A namespaced resource at its preferred version, e.g. ``/apis/apps/v1`` + ``deployments``."""
+
+    prefix: str
+    plural: str
+
+    def collection(self, namespace: str) -> str:
+        return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
+
+
+def namespaced_resource_types(api: ApiClient) -> list[ResourceType]:
+    """Every namespaced resource that can be listed and deleted as a collection, CRDs included."""
+    found = []
+    for root in ("/api", "/apis"):
+        listing = api.call("GET", root, accept=AGGREGATED_DISCOVERY)
+        if listing.get("kind") != "APIGroupDiscoveryList":
+            raise RuntimeError(f"GET {root} did not return aggregated discovery: {str(listing)[:200]}")
+        for group in listing["items"]:
+            group_name = group["metadata"].get("name", "")
+            preferred = group["versions"][0]  # versions are listed in order of preference
+            prefix = f"/apis/{group_name}/{preferred['version']}" if group_name else f"/api/{preferred['version']}"
+            for resource in preferred.get("resources", []):
+                verbs = set(resource.get("verbs", []))
+                if (
+                    resource.get("scope") == "Namespaced"
+                    and {"list", "deletecollection"} <= verbs
+                    and (group_name, resource["resource"]) not in _ALIASES
+                ):
+                    found.append(ResourceType(prefix, resource["resource"]))
+    return found
+
+
+def purge_namespace(api: ApiClient, name: str) -> None:
+    """Delete the namespace ``name`` and everything in it, finalizers notwithstanding."""
+    status, body = api.request("DELETE", f"/api/v1/namespaces/{name}")
+    if status == 404:
+        return
+    if status >= 300:
+        raise ApiError("DELETE", f"/api/v1/namespaces/{name}", status, body)
+    # Marked Terminating first: from now on the API server refuses new objects in it.
+    for resource_type in namespaced_resource_types(api):
+        collection = resource_type.collection(name)
+        deleted = api.call("DELETE", collection, _DELETE_NOW)
+        for item in _held_by_finalizers(deleted):
+            status, body = api.request(
+                "PATCH", f"{collection}/{item['metadata']['name']}", {"metadata": {"finalizers": None}}, MERGE_PATCH
+            )
+            if status >= 300 and status not in _GONE:
+                raise ApiError("PATCH", f"{collection}/{item['metadata']['name']}", status, body)
+    finalized = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": []}}
+    status, body = api.request("PUT", f"/api/v1/namespaces/{name}/finalize", finalized)
+    if status >= 300 and status not in _GONE:
+        raise ApiError("PUT", f"/api/v1/namespaces/{name}/finalize", status, body)
+
+
+def _held_by_finalizers(deleted: Any) -> list[dict[str, Any]]:
+    """The objects a delete-collection call returned that are still there, waiting on finalizers."""
+    items = deleted.get("items") if isinstance(deleted, dict) else None
+    return [item for item in items or [] if item.get("metadata", {}).get("finalizers")]

@@ -1,0 +1,187 @@
+"""Child processes that never outlive the Python process that started them.
+
+Each server runs in its own session (so a Ctrl-C in the terminal reaches only the
+Python process, which then shuts the children down in order) and is stopped by
+signalling its whole process group. Three nets catch what a ``stop()`` call misses:
+
+* fixtures and context managers stop their processes on failure and on Ctrl-C;
+* an ``atexit`` hook kills whatever is still registered when the interpreter exits;
+* when the start happens on the main thread, the child is started through util-linux's
+  ``setpriv --pdeathsig KILL``, so the kernel kills it when its parent dies; that covers
+  a SIGKILLed test runner. (``setpriv`` rather than a ``preexec_fn``, which is unsafe in
+  a process with threads.) The kernel ties that signal to the *thread* that forked, so
+  children started from worker threads, which may end at any time, go without it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# Loopback only: nothing started for tests is reachable from outside the machine.
+LOOPBACK = "127.0.0.1"
+_SETPRIV = shutil.which("setpriv")
+
+_live: set[ManagedProcess] = set()
+_live_lock = threading.Lock()
+
+
+def log(message: str) -> None:
+    """Progress for slow steps, on stderr so it never mixes with printed results."""
+    print(f"[localcluster] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now.
+
+    Another process may take it before our server binds it; callers retry on
+    "address already in use" (see :meth:`ManagedProcess.failed_to_bind`).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    if _SETPRIV is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+
+
+class ManagedProcess:
+    """One long-running server: start, stop, kill, restart with the same arguments."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        stop_grace_seconds: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.stop_grace_seconds = stop_grace_seconds
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll() if self._popen else None
+
+    def start(self) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Append, so the log of a restarted server still shows why it stopped last time.
+        self._note(f"starting {self.name}: {' '.join(self.argv)}")
+        with self.log_path.open("ab") as log_file:
+            self._popen = subprocess.Popen(
+                _with_parent_death_signal(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        with _live_lock:
+            _live.add(self)
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """SIGTERM, then SIGKILL if the process is still there after the grace period."""
+        self._terminate(signal.SIGTERM, self.stop_grace_seconds if grace_seconds is None else grace_seconds)
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, as fault tests want it."""
+        self._terminate(signal.SIGKILL, 0.0)
+
+    def _terminate(self, sig: signal.Signals, grace_seconds: float) -> None:
+        popen = self._popen
+        if popen is None:
+            return
+        # A leader that exited on its own may have been reaped long ago and its pid reused:
+        # only signal groups whose leader we have just seen alive.
+        if popen.poll() is None:
+            self._signal_group(popen.pid, sig)
+            try:
+                popen.wait(timeout=grace_seconds if sig != signal.SIGKILL else 10.0)
+            except subprocess.TimeoutExpired:
+                self._note(f"still running {grace_seconds:g}s after {sig.name}; sending SIGKILL")
+                self._signal_group(popen.pid, signal.SIGKILL)
+                popen.wait(timeout=10.0)
+            # Anything the server forked shares its process group, which outlives its leader.
+            self._signal_group(popen.pid, signal.SIGKILL)
+        with _live_lock:
+            _live.discard(self)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def _note(self, message: str) -> None:
+        """A line in the process's own log, where anyone debugging it will look."""
+        with self.log_path.open("a") as log_file:
+            log_file.write(f"=== {message}\n")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log written)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def failed_to_bind(self) -> bool:
+        """Whether the process exited because its port was taken in the meantime."""
+        return self.returncode is not None and "address already in use" in self.log_tail(80).lower()
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``ready`` until it returns True; fail early if the process dies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise ProcessExitedError(
+                    f"{self.name} exited with code {self.returncode} before {what}; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name} did not reach '{what}' within {timeout:.0f}s; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+
+class ProcessExitedError(RuntimeError):
+    """A server exited while we waited for it to become ready."""
+
+
+def _kill_leftovers() -> None:
+    with _live_lock:
+        leftovers = list(_live)
+    for process in leftovers:
+        process.kill()
+
+
+atexit.register(_kill_leftovers)
