@@ -1,0 +1,313 @@
+"""The sidecar's life: register the Agent, heartbeat into it until told to stop, deregister.
+
+Failures of the API server never end the loop: no answer, 429 and 5xx are retried with
+exponential backoff and jitter, capped at the heartbeat interval so that recovery is
+noticed within one interval; a 404 on a heartbeat means someone deleted the Agent, so it
+is created again; a 409 means it changed under us, so it is read again. Other refusals
+(401, 403, a missing namespace or CRD) are logged once and retried the same way, so that
+RBAC applied after the pod started needs no restart. Only a spec the API server rejects
+(400, 422) ends the sidecar, as the configuration error it is.
+
+Logging is per state change: registered, health changed, API lost, API back,
+deregistered. Each heartbeat logs at DEBUG only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from agent_sidecar.config import SidecarConfig
+from agent_sidecar.kube import DEFAULT_TIMEOUT_SECONDS, AgentApi, ApiError
+from agent_sidecar.logs import log
+from agent_sidecar.payloads import (
+    build_adoption_patch,
+    build_agent,
+    build_heartbeat,
+    build_owner_reference,
+    heartbeat_sequence,
+    heartbeat_writer,
+    is_deleting,
+    is_written_by,
+)
+from agent_sidecar.probe import ProbeResult, probe
+
+EXIT_OK = 0
+EXIT_NOT_DEREGISTERED = 1
+EXIT_REJECTED = 2
+
+# Heartbeats come up to this much sooner than the interval, never later, so that jitter
+# spreads a fleet's writes without bringing any agent closer to its unreachable deadline.
+INTERVAL_JITTER = 0.15
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": each wait is a random 50-100 % of first * 2^n, capped."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2.0**self._attempt)
+        self._attempt += 1
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class RegistrationRejectedError(Exception):
+    """The API server refused the Agent itself (400/422): a configuration problem, not an outage."""
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig, api: AgentApi, stop: threading.Event) -> None:
+        self.config = config
+        self.api = api
+        self.stop = stop
+        self.name = config.name
+        self.source = config.heartbeat_source
+        self._uid: str | None = None
+        self._sequence = 0
+        self._owner: dict[str, Any] | None = None
+        self._owner_resolved = False
+        self._health: tuple[str, str] | None = None
+        self._trouble: tuple[int | None, float, int] | None = None  # (status, since, failed calls)
+        self._waiting_for_deletion = False
+        self._wrote_agent = False  # a create or adopt was sent, even if its answer never came
+
+    @property
+    def sequence(self) -> int:
+        """The number of the last heartbeat sent (or adopted from the Agent)."""
+        return self._sequence
+
+    def run(self) -> int:
+        """Until ``stop`` is set; the exit code: 0 deregistered, 1 could not deregister, 2 rejected."""
+        try:
+            self.register()
+            self.heartbeat_until_stopped()
+        except RegistrationRejectedError as error:
+            log(logging.ERROR, "the API server rejected the agent; check its configuration", error=str(error))
+            return EXIT_REJECTED
+        return self.deregister()
+
+    # -- registering ---------------------------------------------------------------------
+
+    def register(self) -> None:
+        """Create the Agent or adopt the existing one; retries until done or stopped."""
+        backoff = Backoff(cap=self.config.interval_seconds)
+        while not self.stop.is_set():
+            try:
+                registered = self._register_once()
+            except ApiError as error:
+                if error.status == 409:
+                    # Created or changed by someone else meanwhile: read it again at once. (A 404 is
+                    # not retried as fast: from a create it means the namespace or the CRD is missing.)
+                    log(logging.DEBUG, "agent changed while registering; reading it again", error=str(error))
+                    self.stop.wait(random.uniform(0.05, 0.25))
+                    continue
+                if error.status in (400, 422):
+                    raise RegistrationRejectedError(f"{error.status} {error.reason}: {error.message}") from error
+                self._api_failed(error, "register")
+            else:
+                self._api_answered()
+                if registered:
+                    return
+            self.stop.wait(backoff.next())
+
+    def _register_once(self) -> bool:
+        owner = self._owner_reference()
+        existing = self.api.get_agent(self.name)
+        if existing is None:
+            self._wrote_agent = True
+            created = self.api.create_agent(build_agent(self.config, owner))
+            self._uid = created["metadata"]["uid"]
+            log(logging.INFO, "registered: created the agent", **self._describe(created, owner))
+            return True
+        if is_deleting(existing):
+            # Finalizers hold the old object for a while; adopting it now would be lost with it.
+            if not self._waiting_for_deletion:
+                log(logging.INFO, "waiting for the agent being deleted to go before creating it again", agent=self.name)
+                self._waiting_for_deletion = True
+            return False
+        self._waiting_for_deletion = False
+        self._wrote_agent = True
+        adopted = self.api.patch_agent(self.name, build_adoption_patch(existing, self.config, owner))
+        self._uid = adopted["metadata"]["uid"]
+        self._sequence = max(self._sequence, heartbeat_sequence(existing))
+        log(
+            logging.INFO,
+            "registered: adopted the existing agent",
+            previous_writer=heartbeat_writer(existing),
+            sequence=self._sequence,
+            **self._describe(adopted, owner),
+        )
+        return True
+
+    def _owner_reference(self) -> dict[str, Any] | None:
+        """The Pod to own the Agent, looked up once; None (and a log line saying why) when there is none."""
+        if self._owner_resolved:
+            return self._owner
+        pod_name, pod_uid = self.config.settings.pod_name, self.config.settings.pod_uid
+        if not pod_name:
+            log(logging.INFO, "POD_NAME is unset; the agent will have no ownerReference")
+        elif pod_uid:
+            self._owner = build_owner_reference(pod_name, pod_uid)
+        else:
+            try:
+                pod = self.api.get_pod(pod_name)
+            except ApiError as error:
+                if error.transient:
+                    raise
+                pod = None
+                log(
+                    logging.WARNING,
+                    "cannot read the pod; the agent will have no ownerReference (set POD_UID to avoid the lookup)",
+                    pod=pod_name,
+                    error=str(error),
+                )
+            else:
+                if pod is None:
+                    log(logging.WARNING, "pod not found; the agent will have no ownerReference", pod=pod_name)
+                else:
+                    self._owner = build_owner_reference(pod_name, pod["metadata"]["uid"])
+        self._owner_resolved = True
+        return self._owner
+
+    def _describe(self, agent: dict[str, Any], owner: dict[str, Any] | None) -> dict[str, Any]:
+        spec = self.config.spec
+        return {
+            "agent": self.name,
+            "namespace": self.config.namespace,
+            "uid": agent["metadata"]["uid"],
+            "type": spec.type,
+            "endpoint": f"{spec.host}:{spec.port}",
+            "owner_pod": owner["name"] if owner else None,
+        }
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def heartbeat_until_stopped(self) -> None:
+        backoff = Backoff(cap=self.config.interval_seconds)
+        delay = 0.0  # the first heartbeat right after registering
+        while not self.stop.wait(delay):
+            started = time.monotonic()
+            delay = self._beat(backoff) - (time.monotonic() - started)
+            delay = max(delay, 0.0)
+
+    def _beat(self, backoff: Backoff) -> float:
+        """Probe, heartbeat once; the time until the next heartbeat, counted from the start of this one."""
+        settings = self.config.settings
+        result = probe(self.config.health_url, settings.probe_timeout_seconds, settings.probe_slow_seconds)
+        self._note_health(result)
+        self._sequence += 1  # even when the write fails: a sequence may skip, never repeat
+        heartbeat = build_heartbeat(datetime.now(UTC), self._sequence, result.status, self.source)
+        try:
+            self.api.patch_agent_status(self.name, heartbeat)
+        except ApiError as error:
+            if error.status == 404:
+                log(logging.WARNING, "the agent was deleted by someone else; creating it again", agent=self.name)
+                self._uid = None
+                self.register()
+                return 0.0
+            self._api_failed(error, "heartbeat")
+            return backoff.next()
+        self._api_answered()
+        backoff.reset()
+        log(logging.DEBUG, "heartbeat", sequence=self._sequence, status=result.status.value)
+        interval = self.config.interval_seconds
+        return interval * random.uniform(1 - INTERVAL_JITTER, 1.0)
+
+    def _note_health(self, result: ProbeResult) -> None:
+        state = (result.status.value, result.reason)
+        if state == self._health:
+            return
+        log(
+            logging.INFO if result.reason == "ok" else logging.WARNING,
+            "agent health changed",
+            status=result.status.value,
+            previous=self._health[0] if self._health else None,
+            reason=result.reason,
+            detail=result.detail,
+            url=self.config.health_url,
+        )
+        self._health = state
+
+    # -- the API server's state ----------------------------------------------------------
+
+    def _api_failed(self, error: ApiError, action: str) -> None:
+        if self._trouble is not None and self._trouble[0] == error.status:
+            status, since, failures = self._trouble
+            self._trouble = (status, since, failures + 1)
+            return
+        since = self._trouble[1] if self._trouble else time.monotonic()
+        failures = self._trouble[2] + 1 if self._trouble else 1
+        self._trouble = (error.status, since, failures)
+        log(
+            logging.WARNING if error.transient else logging.ERROR,
+            "kubernetes API call failing; retrying with backoff",
+            action=action,
+            status=error.status,
+            error=str(error),
+            server=self.api.server,
+        )
+
+    def _api_answered(self) -> None:
+        if self._trouble is None:
+            return
+        _, since, failures = self._trouble
+        self._trouble = None
+        log(
+            logging.INFO,
+            "kubernetes API calls succeed again",
+            after_seconds=round(time.monotonic() - since, 1),
+            failed_calls=failures,
+        )
+
+    # -- deregistering -------------------------------------------------------------------
+
+    def deregister(self) -> int:
+        """Delete the Agent if it is still ours, within the shutdown timeout; the exit code."""
+        if not self._wrote_agent:
+            log(logging.INFO, "stopped before registering; nothing to delete", agent=self.name)
+            return EXIT_OK
+        deadline = time.monotonic() + self.config.settings.shutdown_timeout_seconds
+        backoff = Backoff(first=0.2, cap=2.0)
+        last_error: ApiError | None = None
+        while (remaining := deadline - time.monotonic()) > 0:
+            timeout = min(remaining, DEFAULT_TIMEOUT_SECONDS)
+            try:
+                agent = self.api.get_agent(self.name, timeout=timeout)
+                if agent is None:
+                    log(logging.INFO, "deregistered: the agent was already gone", agent=self.name)
+                    return EXIT_OK
+                if not is_written_by(agent, self.source, self._uid):
+                    writer = heartbeat_writer(agent)
+                    log(logging.INFO, "left the agent in place: another writer took it over", writer=writer)
+                    return EXIT_OK
+                meta = agent["metadata"]
+                self.api.delete_agent(self.name, meta["uid"], meta["resourceVersion"], timeout=timeout)
+                log(logging.INFO, "deregistered: deleted the agent", agent=self.name, uid=meta["uid"])
+                return EXIT_OK
+            except ApiError as error:
+                if error.status == 404:
+                    continue  # gone meanwhile; the next read says so
+                if error.status == 409:
+                    continue  # changed since it was read; read it again
+                if last_error is None or last_error.status != error.status:
+                    log(logging.WARNING, "deregistering failed; retrying", error=str(error))
+                last_error = error
+                time.sleep(min(backoff.next(), max(deadline - time.monotonic(), 0)))
+        log(
+            logging.ERROR,
+            "could not delete the agent before the shutdown timeout; its ownerReference or the operator will",
+            agent=self.name,
+            error=str(last_error) if last_error else None,
+        )
+        return EXIT_NOT_DEREGISTERED

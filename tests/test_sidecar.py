@@ -1,0 +1,615 @@
+"""The sidecar as a real subprocess, beside a tiny real HTTP agent on loopback, against the
+real API server. No operator runs here, so these tests check what the sidecar writes:
+the Agent's spec and owner, and the heartbeat fields of its status.
+
+Timing is never asserted beyond "within a generous deadline"; heartbeats come every second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.schema import constants as c
+from agent_registry.schema.agent import AgentStatus, ReportedStatus
+from agent_sidecar import config as sidecar_config
+from agent_sidecar.kube import AgentApi, ApiError
+from agent_sidecar.payloads import build_adoption_patch, build_heartbeat
+from agent_sidecar.probe import probe
+from agent_sidecar.runner import Backoff, Sidecar
+from fake_agent import FakeAgent
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ROLE_FILE = REPO_ROOT / "manifests" / "rbac" / "sidecar-role.yaml"
+HEARTBEAT_FIELDS = {"lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "heartbeatSource"}
+DEADLINE = 30.0
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = DEADLINE) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class SidecarProcess:
+    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.popen = popen
+        self.log_path = log_path
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
+
+    def messages(self) -> list[str]:
+        return [entry["msg"] for entry in self.entries()]
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.alive:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+class Agents:
+    """Agent objects in one namespace, read and written as the cluster admin."""
+
+    def __init__(self, api: client.CustomObjectsApi, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            agent = cast(
+                dict[str, Any],
+                self.api.get_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return agent
+
+    def names(self) -> list[str]:
+        listed = cast(
+            dict[str, Any], self.api.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL)
+        )
+        return [item["metadata"]["name"] for item in listed["items"]]
+
+    def create(self, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        body = {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name, **metadata}, "spec": spec}
+        created = self.api.create_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, body)
+        return cast(dict[str, Any], created)
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object_status(
+            c.GROUP,
+            c.VERSION,
+            self.namespace,
+            c.PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        agent = self.get(name)
+        return (agent or {}).get("status") or {}
+
+    def sequence(self, name: str) -> int:
+        return int(self.status(name).get("heartbeatSequence") or 0)
+
+    def wait_heartbeats_beyond(self, name: str, sequence: int, timeout: float = DEADLINE) -> dict[str, Any]:
+        """Wait for a heartbeat numbered above ``sequence``; the status that has it."""
+
+        def newer() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if int(status.get("heartbeatSequence") or 0) > sequence else None
+
+        return wait_for(f"a heartbeat after #{sequence} on {name}", newer, timeout)
+
+    def wait_reported(self, name: str, expected: ReportedStatus) -> None:
+        wait_for(f"{name} to report {expected}", lambda: self.status(name).get("reportedStatus") == expected.value)
+
+
+@pytest.fixture
+def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
+    api_client = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
+    with api_client:
+        yield Agents(client.CustomObjectsApi(api_client), namespace)
+
+
+@pytest.fixture
+def fake_agent() -> Iterator[FakeAgent]:
+    with FakeAgent(slow_seconds=1.5) as agent:
+        yield agent
+
+
+RunSidecar = Callable[..., SidecarProcess]
+
+
+@pytest.fixture
+def run_sidecar(
+    tmp_path: Path, controlplane: LocalControlPlane, namespace: str, fake_agent: FakeAgent
+) -> Iterator[RunSidecar]:
+    """Start ``python -m agent_sidecar`` with a quick, valid environment; keywords override it (None unsets)."""
+    started: list[SidecarProcess] = []
+
+    def run(**overrides: str | None) -> SidecarProcess:
+        env: dict[str, str | None] = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),  # no ~/.kube/config to fall back on
+            "KUBECONFIG": str(controlplane.kubeconfig),
+            "POD_NAMESPACE": namespace,
+            "AGENT_NAME": "cost-agent",
+            "AGENT_TYPE": "cost",
+            "AGENT_PORT": str(fake_agent.port),
+            "AGENT_HOST": "127.0.0.1",
+            "AGENT_CAPABILITIES": "spot_migration, rightsizing",
+            "AGENT_VERSION": "2.1.0",
+            "AGENT_METADATA": '{"region": "eu-west-1", "gpu": false}',
+            "AGENT_HEARTBEAT_INTERVAL_SECONDS": "1",
+            "AGENT_UNREACHABLE_AFTER_SECONDS": "5",
+            "AGENT_HEALTH_URL": fake_agent.url,
+            # Generous against a busy machine: healthy is under 0.5 s, the fake's slow mode 1.5 s.
+            "AGENT_PROBE_TIMEOUT_SECONDS": "3",
+            "AGENT_PROBE_SLOW_SECONDS": "0.5",
+            "AGENT_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        }
+        env.update(overrides)
+        log_path = tmp_path / f"sidecar-{len(started)}.log"
+        with log_path.open("wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "agent_sidecar"],
+                env={k: v for k, v in env.items() if v is not None},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        process = SidecarProcess(popen, log_path)
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        process.kill()
+        # Shown by pytest only when the test fails.
+        print(f"--- sidecar log {process.log_path.name} (exit {process.popen.returncode}) ---\n{process.logs()}")
+
+
+def create_pod(controlplane: LocalControlPlane, namespace: str, name: str) -> str:
+    """A bare Pod: no kubelet runs, so it stays Pending, but it is a real owner. Returns its uid."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]},
+    }
+    controlplane.kubectl("create", "-f", "-", input=json.dumps(pod))
+    return controlplane.kubectl("get", "pod", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+
+
+# -- start, heartbeats, owner ------------------------------------------------------------------
+
+
+def test_registers_with_owner_reference_and_heartbeats(
+    run_sidecar: RunSidecar, agents: Agents, controlplane: LocalControlPlane, namespace: str
+) -> None:
+    pod_uid = create_pod(controlplane, namespace, "cost-agent-pod")
+    sidecar = run_sidecar(POD_NAME="cost-agent-pod", POD_IP="10.1.2.3", AGENT_HOST=None, NODE_NAME="node-a")
+
+    agent = wait_for("the Agent", lambda: agents.get("cost-agent"))
+    assert agent["spec"] == {
+        "type": "cost",
+        "host": "10.1.2.3",
+        "port": agent["spec"]["port"],
+        "capabilities": ["spot_migration", "rightsizing"],
+        "version": "2.1.0",
+        "metadata": {"region": "eu-west-1", "gpu": False},
+        "heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 5, "gcAfterSeconds": 300},
+    }
+    assert agent["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "cost-agent-pod", "uid": pod_uid}
+    ]
+    assert agent["metadata"]["labels"][c.AGENT_TYPE_LABEL] == "cost"
+    assert agent["metadata"]["annotations"][f"{c.GROUP}/node-name"] == "node-a"
+
+    first = agents.wait_heartbeats_beyond("cost-agent", 0)
+    later = agents.wait_heartbeats_beyond("cost-agent", first["heartbeatSequence"] + 2)
+    assert later["lastHeartbeatTime"] > first["lastHeartbeatTime"]
+    # Only the heartbeat fields: phase and conditions are the operator's.
+    assert set(later) == HEARTBEAT_FIELDS
+    assert later["heartbeatSource"] == "sidecar/cost-agent-pod"
+    assert later["reportedStatus"] == "healthy"
+    assert sidecar.alive
+    # One line per state change, none per heartbeat.
+    assert sidecar.messages() == ["starting", "registered: created the agent", "agent health changed"]
+
+
+def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agents: Agents) -> None:
+    sidecar = run_sidecar(POD_NAME="no-such-pod")
+    agents.wait_heartbeats_beyond("cost-agent", 0)
+    agent = agents.get("cost-agent")
+    assert agent is not None
+    assert "ownerReferences" not in agent["metadata"]
+    assert "pod not found; the agent will have no ownerReference" in sidecar.messages()
+
+
+def test_reported_status_follows_the_agents_health(
+    run_sidecar: RunSidecar, agents: Agents, fake_agent: FakeAgent
+) -> None:
+    sidecar = run_sidecar()
+    agents.wait_reported("cost-agent", ReportedStatus.HEALTHY)
+
+    fake_agent.set_mode("slow")
+    agents.wait_reported("cost-agent", ReportedStatus.DEGRADED)
+    fake_agent.set_mode("down")
+    agents.wait_reported("cost-agent", ReportedStatus.UNHEALTHY)
+    fake_agent.set_mode("error")
+    agents.wait_reported("cost-agent", ReportedStatus.DEGRADED)
+    fake_agent.set_mode("healthy")
+    agents.wait_reported("cost-agent", ReportedStatus.HEALTHY)
+
+    changes = [(e["status"], e["reason"]) for e in sidecar.entries() if e["msg"] == "agent health changed"]
+    assert changes[0] == ("healthy", "ok")
+    assert ("unhealthy", "no-answer") in changes
+    assert ("degraded", "http-500") in changes
+    assert changes[-1] == ("healthy", "ok")
+
+
+# -- adopting ----------------------------------------------------------------------------------
+
+
+def test_adopts_an_existing_agent(run_sidecar: RunSidecar, agents: Agents) -> None:
+    old_owner = {"apiVersion": "v1", "kind": "Pod", "name": "old-pod", "uid": "00000000-0000-0000-0000-000000000001"}
+    existing = agents.create(
+        "cost-agent",
+        {"type": "cost", "host": "10.9.9.9", "port": 9999, "metadata": {"stale": "yes", "region": "us-east-1"}},
+        ownerReferences=[old_owner],
+    )
+    agents.patch_status("cost-agent", {"heartbeatSequence": 41, "heartbeatSource": "sidecar/old-pod"})
+
+    sidecar = run_sidecar()
+    status = agents.wait_heartbeats_beyond("cost-agent", 41)
+    agent = agents.get("cost-agent")
+    assert agent is not None
+    assert agent["metadata"]["uid"] == existing["metadata"]["uid"]  # adopted, not replaced
+    assert agent["spec"]["host"] == "127.0.0.1"
+    assert agent["spec"]["metadata"] == {"region": "eu-west-1", "gpu": False}  # exactly the configured keys
+    assert "ownerReferences" not in agent["metadata"]  # the old pod's deletion must not take it along
+    assert status["heartbeatSource"] == "sidecar/" + os.uname().nodename  # no POD_NAME: the hostname
+    adopted = next(e for e in sidecar.entries() if e["msg"] == "registered: adopted the existing agent")
+    assert adopted["sequence"] == 41
+    assert adopted["previous_writer"] == "sidecar/old-pod"
+
+
+def test_an_agent_of_another_type_is_not_adopted(run_sidecar: RunSidecar, agents: Agents) -> None:
+    agents.create("cost-agent", {"type": "performance", "host": "10.9.9.9", "port": 9999})
+
+    sidecar = run_sidecar()
+    assert sidecar.wait() == 2
+    assert "type is immutable" in sidecar.logs()
+    agent = agents.get("cost-agent")
+    assert agent is not None
+    assert agent["spec"]["type"] == "performance"
+    assert "status" not in agent
+
+
+# -- resilience --------------------------------------------------------------------------------
+
+
+def test_recovers_when_the_api_server_comes_back(
+    run_sidecar: RunSidecar, agents: Agents, controlplane: LocalControlPlane
+) -> None:
+    sidecar = run_sidecar()
+    before = agents.wait_heartbeats_beyond("cost-agent", 2)["heartbeatSequence"]
+
+    controlplane.stop_apiserver()
+    try:
+        time.sleep(20)
+        assert sidecar.alive
+    finally:
+        controlplane.start_apiserver()
+
+    after = agents.wait_heartbeats_beyond("cost-agent", before + 1)
+    assert after["heartbeatSequence"] > before
+    assert sidecar.alive
+    messages = sidecar.messages()
+    assert "kubernetes API call failing; retrying with backoff" in messages
+    assert "kubernetes API calls succeed again" in messages
+    # Outage and recovery are a handful of lines, not one per failed attempt.
+    assert len(messages) < 10, messages
+
+
+def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, agents: Agents) -> None:
+    sidecar = run_sidecar()
+    agents.wait_heartbeats_beyond("cost-agent", 1)
+    first = agents.get("cost-agent")
+    assert first is not None
+
+    agents.delete("cost-agent")
+
+    def recreated() -> dict[str, Any] | None:
+        agent = agents.get("cost-agent")
+        return agent if agent and agent["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    wait_for("the Agent to be created again", recreated)
+    status = agents.wait_heartbeats_beyond("cost-agent", 0)
+    assert status["reportedStatus"] == "healthy"
+    assert "the agent was deleted by someone else; creating it again" in sidecar.messages()
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agents: Agents) -> None:
+    sidecar = run_sidecar()
+    agents.wait_heartbeats_beyond("cost-agent", 1)
+
+    sidecar.popen.send_signal(signal.SIGTERM)
+
+    assert sidecar.wait() == 0
+    assert agents.get("cost-agent") is None
+    assert sidecar.messages()[-1] == "deregistered: deleted the agent"
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_bad_environment_is_one_clear_error_and_registers_nothing(run_sidecar: RunSidecar, agents: Agents) -> None:
+    sidecar = run_sidecar(
+        AGENT_TYPE="Cost",
+        AGENT_PORT="eighty",
+        AGENT_CAPABILITIES="spot_migration,Not A Token",
+        AGENT_METADATA="{not json",
+        AGENT_HEARTBEAT_INTERVAL_SECONDS="0",
+        AGENT_HEALTH_URL="ftp://example",
+        AGENT_HOST=None,
+        POD_IP=None,
+    )
+
+    assert sidecar.wait() == 2
+    errors = [e for e in sidecar.entries() if e["level"] == "error"]
+    assert len(errors) == 1, sidecar.logs()
+    named = {problem.split("=")[0].split(":")[0] for problem in errors[0]["problems"]}
+    assert named == {
+        "AGENT_TYPE",
+        "AGENT_PORT",
+        "AGENT_CAPABILITIES",
+        "AGENT_METADATA",
+        "AGENT_HEARTBEAT_INTERVAL_SECONDS",
+        "AGENT_HEALTH_URL",
+        "AGENT_HOST",
+    }
+    assert "AGENT_PORT='eighty'" in errors[0]["msg"]
+    assert agents.names() == []
+
+
+def test_minimal_role_with_a_service_account(
+    run_sidecar: RunSidecar,
+    agents: Agents,
+    controlplane: LocalControlPlane,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """In-cluster credentials bound to nothing but the sidecar Role: the whole life works."""
+    controlplane.kubectl("apply", "-n", namespace, "-f", str(ROLE_FILE))
+    controlplane.kubectl("create", "serviceaccount", "cost-agent", "-n", namespace)
+    controlplane.kubectl(
+        "create", "rolebinding", "agent-sidecar", "-n", namespace,
+        "--role=agent-sidecar", f"--serviceaccount={namespace}:cost-agent",
+    )  # fmt: skip
+    token = controlplane.kubectl("create", "token", "cost-agent", "-n", namespace).stdout.strip()
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(token)
+    (account / "ca.crt").write_bytes(controlplane.ca_file.read_bytes())
+    (account / "namespace").write_text(namespace)
+    pod_uid = create_pod(controlplane, namespace, "cost-agent-pod")
+
+    sidecar = run_sidecar(
+        KUBECONFIG=None,
+        POD_NAMESPACE=None,  # from the service account, as in a pod
+        AGENT_SERVICE_ACCOUNT_DIR=str(account),
+        KUBERNETES_SERVICE_HOST="127.0.0.1",
+        KUBERNETES_SERVICE_PORT=str(controlplane.apiserver_port),
+        POD_NAME="cost-agent-pod",
+        POD_UID=pod_uid,  # so no permission to read pods is needed
+    )
+    agents.wait_heartbeats_beyond("cost-agent", 1)
+    agent = agents.get("cost-agent")
+    assert agent is not None
+    assert agent["metadata"]["ownerReferences"][0]["uid"] == pod_uid
+
+    sidecar.popen.send_signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    assert agents.get("cost-agent") is None
+    assert not [e for e in sidecar.entries() if e["level"] in ("warning", "error")], sidecar.logs()
+
+
+# -- the pieces, without a cluster -------------------------------------------------------------
+
+
+def test_heartbeat_patch_is_the_heartbeat_fields_only() -> None:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    patch = build_heartbeat(now, 7, ReportedStatus.DEGRADED, "sidecar/pod-1")
+    assert patch == {
+        "status": {
+            "lastHeartbeatTime": "2025-01-02T03:04:05Z",
+            "heartbeatSequence": 7,
+            "reportedStatus": "degraded",
+            "heartbeatSource": "sidecar/pod-1",
+        }
+    }
+    assert set(patch["status"]) == HEARTBEAT_FIELDS
+    AgentStatus.model_validate(patch["status"])
+
+
+OfflineConfig = Callable[..., sidecar_config.SidecarConfig]
+
+
+@pytest.fixture
+def offline_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> OfflineConfig:
+    """``load_config`` over a valid environment plus the given variables; no cluster needed."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("{}")
+
+    def load(**env: str) -> sidecar_config.SidecarConfig:
+        base = {
+            "KUBECONFIG": str(kubeconfig),
+            "POD_NAMESPACE": "team-a",
+            "AGENT_NAME": "cost-agent",
+            "AGENT_TYPE": "cost",
+            "AGENT_PORT": "8001",
+            "AGENT_HOST": "10.0.0.5",
+        }
+        for name, value in {**base, **env}.items():
+            monkeypatch.setenv(name, value)
+        return sidecar_config.load_config()
+
+    return load
+
+
+def test_adoption_patch_replaces_pod_owners_and_removes_dropped_metadata(offline_config: OfflineConfig) -> None:
+    loaded = offline_config(AGENT_METADATA='{"region": "eu"}')
+    other_owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1"}
+    existing = {
+        "metadata": {
+            "resourceVersion": "12",
+            "ownerReferences": [other_owner, {"apiVersion": "v1", "kind": "Pod", "name": "old", "uid": "u2"}],
+        },
+        "spec": {"type": "cost", "metadata": {"region": "us", "stale": 1}},
+    }
+    new_owner = {"apiVersion": "v1", "kind": "Pod", "name": "new", "uid": "u3"}
+
+    patch = build_adoption_patch(existing, loaded, new_owner)
+
+    assert patch["metadata"]["resourceVersion"] == "12"
+    assert patch["metadata"]["ownerReferences"] == [other_owner, new_owner]
+    assert patch["spec"]["metadata"] == {"region": "eu", "stale": None}
+    assert patch["spec"]["heartbeat"]["intervalSeconds"] == c.DEFAULT_HEARTBEAT_INTERVAL_SECONDS
+
+
+def test_cross_field_rules_name_both_variables(offline_config: OfflineConfig) -> None:
+    with pytest.raises(sidecar_config.ConfigError) as raised:
+        offline_config(AGENT_HEARTBEAT_INTERVAL_SECONDS="60", AGENT_PROBE_SLOW_SECONDS="5")
+    problems = raised.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("AGENT_UNREACHABLE_AFTER_SECONDS (unset, so 45):")
+    assert problems[1].startswith("AGENT_PROBE_SLOW_SECONDS=5: must be less than AGENT_PROBE_TIMEOUT_SECONDS")
+
+
+class ScriptedApi(AgentApi):
+    """Answers from a script, to drive the races a real API server rarely produces on cue."""
+
+    def __init__(self, agents: list[dict[str, Any] | None], failures: dict[str, list[ApiError]]) -> None:
+        self.server = "scripted"
+        self.namespace = "team-a"
+        self._agents = agents
+        self._failures = failures
+        self.calls: list[tuple[str, Any]] = []
+
+    def _fail(self, call: str) -> None:
+        if self._failures.get(call):
+            raise self._failures[call].pop(0)
+
+    def get_agent(self, name: str, timeout: float | None = None) -> dict[str, Any] | None:
+        self.calls.append(("get", None))
+        return self._agents.pop(0)
+
+    def create_agent(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", None))
+        self._fail("create")
+        return {**body, "metadata": {**body["metadata"], "uid": "new-uid"}}
+
+    def patch_agent(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", patch["metadata"]["resourceVersion"]))
+        self._fail("patch")
+        return {"metadata": {"uid": "old-uid"}}
+
+
+def existing_agent(resource_version: str, sequence: int = 0) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "cost-agent", "uid": "old-uid", "resourceVersion": resource_version},
+        "spec": {"type": "cost", "host": "10.0.0.9", "port": 8001},
+        "status": {"heartbeatSequence": sequence},
+    }
+
+
+def test_a_conflict_while_adopting_reads_again(offline_config: OfflineConfig) -> None:
+    conflict = ApiError(409, "Conflict", "the object has been modified")
+    api = ScriptedApi([existing_agent("1"), existing_agent("2", sequence=7)], {"patch": [conflict]})
+    sidecar = Sidecar(offline_config(), api, threading.Event())
+
+    sidecar.register()
+
+    assert api.calls == [("get", None), ("patch", "1"), ("get", None), ("patch", "2")]
+    assert sidecar.sequence == 7
+
+
+def test_a_create_that_loses_a_race_adopts_the_winner(offline_config: OfflineConfig) -> None:
+    exists = ApiError(409, "AlreadyExists", 'agents "cost-agent" already exists')
+    api = ScriptedApi([None, existing_agent("5")], {"create": [exists]})
+    sidecar = Sidecar(offline_config(), api, threading.Event())
+
+    sidecar.register()
+
+    assert api.calls == [("get", None), ("create", None), ("get", None), ("patch", "5")]
+
+
+def test_probe_classifies_answers(fake_agent: FakeAgent) -> None:
+    fake_agent.slow_seconds = 0.3
+    assert probe(fake_agent.url, timeout=1.0, slow_after=0.2).status == ReportedStatus.HEALTHY
+    fake_agent.set_mode("slow")
+    slow = probe(fake_agent.url, timeout=1.0, slow_after=0.2)
+    assert (slow.status, slow.reason) == (ReportedStatus.DEGRADED, "slow")
+    fake_agent.set_mode("error")
+    error = probe(fake_agent.url, timeout=1.0, slow_after=0.2)
+    assert (error.status, error.reason) == (ReportedStatus.DEGRADED, "http-500")
+    fake_agent.set_mode("down")
+    down = probe(fake_agent.url, timeout=1.0, slow_after=0.2)
+    assert (down.status, down.reason) == (ReportedStatus.UNHEALTHY, "no-answer")
+    fake_agent.slow_seconds = 2.0
+    fake_agent.set_mode("slow")
+    hanging = probe(fake_agent.url, timeout=0.5, slow_after=0.2)
+    assert (hanging.status, hanging.reason) == (ReportedStatus.UNHEALTHY, "no-answer")
+
+
+def test_backoff_grows_to_its_cap_with_jitter() -> None:
+    backoff = Backoff(first=0.5, cap=4.0)
+    waits = [backoff.next() for _ in range(8)]
+    assert 0.25 <= waits[0] <= 0.5
+    assert all(2.0 <= wait <= 4.0 for wait in waits[4:])
+    backoff.reset()
+    assert backoff.next() <= 0.5
