@@ -77,6 +77,19 @@ async def indexed_count(redis_url: str, prefix: str, namespace: str) -> int:
         await reader.redis.aclose()
 
 
+def stop(proc: subprocess.Popen[bytes], log: Path) -> float:
+    """SIGTERM and time the graceful exit; a pod gets 30 s before SIGKILL."""
+    started = time.monotonic()
+    proc.terminate()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        print(log.read_text()[-5000:], file=sys.stderr)
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - started
+
+
 async def flush(redis_url: str) -> None:
     redis = connect(redis_url)
     await redis.flushall()
@@ -124,8 +137,7 @@ def main() -> int:
             print(f"  initialised {done}/{args.agents}", file=sys.stderr, flush=True)
             time.sleep(2)
         init_seconds = time.monotonic() - started
-        proc.terminate()
-        proc.wait(timeout=30)
+        shutdown_seconds = stop(proc, log)
         asyncio.run(flush(redis_server.url))
 
         # Second run: a cold start with N existing Agents and an empty Redis.
@@ -152,18 +164,18 @@ def main() -> int:
             _, cpu_before = rss_and_cpu(proc.pid)
             time.sleep(args.idle_seconds)
             rss_idle, cpu_after = rss_and_cpu(proc.pid)
-            figures = {
+            figures: dict[str, float] = {
                 "agents": args.agents,
                 "create_seconds": round(create_seconds, 1),
                 "first_start_initialise_all_seconds": round(init_seconds, 1),
+                "first_start_shutdown_seconds": round(shutdown_seconds, 1),
                 "cold_start_to_complete_index_seconds": round(cold_start, 1),
                 "operator_peak_rss_mb_during_start": round(peak_rss, 1),
                 "operator_rss_mb_idle": round(rss_idle, 1),
                 "operator_idle_cpu_cores": round((cpu_after - cpu_before) / args.idle_seconds, 3),
             }
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            figures["operator_shutdown_seconds"] = round(stop(proc, log), 1)
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")

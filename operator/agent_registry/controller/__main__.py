@@ -6,12 +6,26 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 
 import kopf
 
 # Registers the handlers with kopf's default registry.
 from agent_registry.controller import handlers as _handlers
 from agent_registry.controller.settings import OperatorSettings
+
+
+def _dump_tasks(*_: object) -> None:
+    """SIGUSR1: log every asyncio task's stack, to see what a stuck operator waits on."""
+    log = logging.getLogger("agent_registry.tasks")
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        return
+    for task in tasks:
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", task.get_name(), where or "(not started)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     # kopf logs every handler call at INFO; at 333 heartbeats/s that drowns the useful lines.
     logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     assert _handlers.agent_event is not None
+    signal.signal(signal.SIGUSR1, _dump_tasks)
     asyncio.run(
         kopf.operator(
             standalone=True,

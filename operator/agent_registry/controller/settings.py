@@ -71,6 +71,10 @@ class OperatorSettings(BaseSettings):
     watch_chunk_size: int = Field(default=500, ge=1)
     """The initial list is fetched in chunks, so 10,000 agents are not one huge response."""
 
+    shutdown_timeout_seconds: float = Field(default=25.0, gt=0)
+    """The longest a graceful exit may take before the process kills itself; below a pod's
+    default 30 s termination grace period, so the Lease release is never skipped silently."""
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
