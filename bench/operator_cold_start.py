@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,11 +83,17 @@ def stop(proc: subprocess.Popen[bytes], log: Path) -> float:
     started = time.monotonic()
     proc.terminate()
     try:
-        proc.wait(timeout=120)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        print(log.read_text()[-5000:], file=sys.stderr)
-        proc.kill()
-        proc.wait()
+        # Slow exit: ask the operator what its tasks wait on (SIGUSR1 dumps them to the log).
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            proc.wait(timeout=110)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        dumped = [line for line in log.read_text(errors="replace").splitlines() if "agent_registry.tasks" in line]
+        print("\n".join(dumped[:60]), file=sys.stderr)
     return time.monotonic() - started
 
 
