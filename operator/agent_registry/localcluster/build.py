@@ -220,8 +220,10 @@ def versions(found: Binaries) -> dict[str, str]:
     result = {}
     for name, cmd in commands.items():
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = (out.stdout or out.stderr).strip().splitlines()
-        result[name] = lines[0] if lines else "?"
+        # etcd logs a JSON line to stderr before its version; prefer the line naming it.
+        lines = (out.stdout + "\n" + out.stderr).strip().splitlines()
+        named = [line for line in lines if "version" in line.lower() and not line.startswith("{")]
+        result[name] = (named or lines or ["?"])[0]
     return result
 
 
