@@ -237,19 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     found = ensure_built(force=args.force)
-    for path in dataclasses.astuple(found):
-        version = subprocess.run(
-            [str(path), "version"]
-            if path.name in ("etcd", "helm")
-            else [str(path), "--version"]
-            if path.name == "kube-apiserver"
-            else [str(path), "version", "--client"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        first = (version.stdout or version.stderr).strip().splitlines()
-        _log(f"{path.name}: {first[0] if first else '?'}")
+    for name, version in versions(found).items():
+        _log(f"{name}: {version}")
     _log(f"control plane ready in {time.monotonic() - started:.0f}s at {bin_dir()}")
     return 0
 
