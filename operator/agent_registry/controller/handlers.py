@@ -113,12 +113,17 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     if observation.is_heartbeat:
         metrics.HEARTBEATS.inc()
     if spec_error is not None:
+        agent.initialised = True  # nothing to initialise until the spec is fixed
         await runtime.warn_invalid_once(agent, spec_error)
         return
 
     status = body.get("status") or {}
     labels = meta.get("labels") or {}
-    agent_id = status.get("agentId") or _adopted_id(labels) or str(uuid.uuid4())
+    # An id, once given, never changes: a stale event (one that predates our own patch)
+    # must not mint a second one, or label and status would flip between two ids.
+    agent_id = status.get("agentId") or _adopted_id(labels) or agent.agent_id or str(uuid.uuid4())
+    agent.agent_id = agent_id
+    agent.initialised = bool(status.get("agentId")) and labels.get(c.AGENT_ID_LABEL) == status.get("agentId")
     needs_init = not status.get("agentId") or labels.get(c.AGENT_ID_LABEL) != agent_id
     desired = observation.desired_phase
     if not status.get("agentId"):
@@ -134,7 +139,9 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
         patch.metadata.setdefault("labels", {})[c.AGENT_ID_LABEL] = agent_id
         patch.metadata["labels"][c.AGENT_TYPE_LABEL] = body["spec"]["type"]
         patch.status["agentId"] = agent_id
-        if not status.get("registeredAt"):
+        agent.initialised = True
+        if not status.get("registeredAt") and not agent.registered_announced:
+            agent.registered_announced = True
             patch.status["registeredAt"] = now
             await runtime.kube.post_event(
                 ref, "Normal", "Registered", f"Agent registered with id {agent_id}, phase {desired.value}."

@@ -64,6 +64,17 @@ class Kube:
         )
         return str(cast(dict[str, Any], result)["metadata"]["resourceVersion"])
 
+    async def patch_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object,
+            c.GROUP,
+            c.VERSION,
+            namespace,
+            c.PLURAL,
+            name,
+            {"metadata": {"labels": dict(labels)}},
+        )
+
     async def delete_agent(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome:
         """Delete only if the object is still exactly the one the decision was made on."""
         options = client.V1DeleteOptions(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from agent_registry.controller import metrics
 from agent_registry.controller.conditions import build_conditions
 from agent_registry.controller.kube import DeleteOutcome, agent_reference, now_rfc3339
 from agent_registry.controller.tracker import SelfPreservation, TrackedAgent
+from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
 
 if TYPE_CHECKING:
@@ -54,11 +56,41 @@ async def sweep_once(runtime: Runtime) -> None:
         async with semaphore:
             await work
 
+    pending = [a for a in runtime.tracker.agents.values() if not a.initialised]
+    await asyncio.gather(*(bounded(initialise(runtime, agent)) for agent in pending))
     await asyncio.gather(*(bounded(mark_unreachable(runtime, agent)) for agent in result.became_unreachable))
     await report_self_preservation(runtime, result.self_preservation)
     await asyncio.gather(*(bounded(collect(runtime, agent)) for agent in result.to_delete))
     metrics.SILENT_AGENTS.set(result.self_preservation.silent)
     metrics.publish_counts(runtime.tracker.counts())
+
+
+async def initialise(runtime: Runtime, agent: TrackedAgent) -> None:
+    """Agents first seen while this replica was a standby get their id now."""
+    agent_id = agent.agent_id or str(uuid.uuid4())
+    phase = agent.phase or Phase.HEALTHY
+    try:
+        await runtime.kube.patch_labels(
+            agent.namespace, agent.name, {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: agent.agent_type}
+        )
+        status = {
+            "agentId": agent_id,
+            "registeredAt": now_rfc3339(),
+            "phase": phase.value,
+            "conditions": build_conditions(phase, now_rfc3339(), agent.conditions),
+        }
+        agent.resource_version = await runtime.kube.patch_status(agent.namespace, agent.name, status)
+    except Exception as exc:
+        logger.warning("could not initialise %s/%s (%s); retrying", agent.namespace, agent.name, exc)
+        return
+    agent.agent_id, agent.initialised, agent.phase = agent_id, True, phase
+    logger.info("agent %s/%s registered as %s (%s)", agent.namespace, agent.name, agent_id, phase.value)
+    await runtime.kube.post_event(
+        agent_reference(agent.namespace, agent.name, agent.uid),
+        "Normal",
+        "Registered",
+        f"Agent registered with id {agent_id}, phase {phase.value}.",
+    )
 
 
 async def mark_unreachable(runtime: Runtime, agent: TrackedAgent) -> None:

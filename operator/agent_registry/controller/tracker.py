@@ -68,6 +68,12 @@ class TrackedAgent:
     """As last seen, so lastTransitionTime survives the operator's own rewrites."""
     last_heard_wall: datetime | None = None
     """Wall-clock time of the last observed heartbeat, for the REST ``last_seen`` only."""
+    agent_id: str | None = None
+    """The id this operator gave or saw; reused for stale events that lack it."""
+    registered_announced: bool = False
+    initialised: bool = False
+    """Whether the object carries its id in status and label; a standby that becomes
+    leader initialises the ones that are not."""
     unreachable_since: float | None = None
     """Operator clock when *this process* judged the agent unreachable; starts GC's clock."""
     heard_since_start: bool = False
