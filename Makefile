@@ -40,13 +40,14 @@ controlplane: $(VENV)/.installed ## Build kube-apiserver, kubectl, etcd and helm
 ##@ Development
 
 .PHONY: crds
-crds: $(VENV)/.installed ## Regenerate crds/ from the pydantic models
+crds: $(VENV)/.installed ## Regenerate crds/ from the pydantic models (and the chart's copy)
 	$(VPY) -m agent_registry.schema.crd --out crds
+	$(VPY) hack/sync-chart-crd.py
 
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff (lint + format check) and mypy --strict
-	$(VENV)/bin/ruff check operator agent_sidecar tests
-	$(VENV)/bin/ruff format --check operator agent_sidecar tests
+	$(VENV)/bin/ruff check operator agent_sidecar tests bench hack
+	$(VENV)/bin/ruff format --check operator agent_sidecar tests bench hack
 	$(VENV)/bin/mypy operator/agent_registry agent_sidecar
 
 .PHONY: fmt
@@ -58,6 +59,34 @@ fmt: $(VENV)/.installed ## Format and auto-fix with ruff
 cluster: deps controlplane ## Start a local kube-apiserver + etcd with the CRD installed; Ctrl-C stops it
 	$(VPY) -m agent_registry.localcluster --crds crds
 
+##@ Run
+
+.PHONY: run
+run: deps controlplane ## Run the registry locally: control plane, Redis, operator, facade, two demo agents; Ctrl-C stops all. Uses KUBECONFIG's cluster when set
+	$(VPY) -m agent_registry.localrun
+
+##@ Delivery
+
+IMAGE ?= agent-registry:dev
+
+.PHONY: image
+image: ## Build the container image (needs Docker)
+	docker build -t $(IMAGE) .
+
+.PHONY: manifests
+manifests: controlplane ## Copy crds/ into the chart's CRD template and render manifests/install/ from the chart
+	$(VPY) hack/sync-chart-crd.py
+	$(VPY) hack/render-manifests.py
+
+.PHONY: helm-lint
+helm-lint: controlplane ## helm lint --strict with the defaults and each ci/*-values.yaml
+	@H=$$($(VPY) -m agent_registry.localcluster.build --print-bin-dir)/helm; \
+	$$H lint --strict helm/agent-registry && for f in helm/agent-registry/ci/*-values.yaml; do $$H lint --strict helm/agent-registry -f $$f || exit 1; done
+
+.PHONY: bench
+bench: deps controlplane ## Scale benchmark at N = 1,000, 3,000, 10,000 (long; not part of `make test`)
+	$(VPY) -m bench
+
 ##@ Testing
 
 .PHONY: test
@@ -65,6 +94,14 @@ test: deps controlplane ## The whole test command: deps, control plane, CRD drif
 	$(VPY) -m agent_registry.schema.crd --out crds --check
 	$(MAKE) --no-print-directory lint
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: e2e
+e2e: deps controlplane ## End-to-end suite against the local control plane (chart, manifests, make run, scenarios)
+	$(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: e2e-kind
+e2e-kind: deps controlplane ## The same scenarios on a throwaway kind cluster (needs Docker and kind)
+	E2E_CLUSTER=kind $(VPY) -m pytest tests/e2e/test_scenarios.py -rs $(PYTEST_ARGS)
 
 .PHONY: unit
 unit: $(VENV)/.installed ## Only the tests that need no cluster

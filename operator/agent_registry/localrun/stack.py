@@ -1,0 +1,358 @@
+"""Start the registry and two demo agents as child processes; stop them in reverse order.
+
+Every child is a :class:`~agent_registry.localcluster.process.ManagedProcess`: its own
+session (a Ctrl-C in the terminal reaches only this process, which then stops the
+children in order), its own log file, and the kernel's parent-death signal, so not even a
+SIGKILL of ``make run`` leaves servers behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from kubernetes import client
+
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, free_port
+from agent_registry.localcluster.redis_server import LocalRedis
+from agent_registry.localrun import kube
+
+FACADE_MODULE = "agent_registry.facade"
+DEFAULT_API_PORT = 8080
+# Shorter than production so a demo shows Unreachable and clean-up within a minute.
+DEMO_HEARTBEAT_SECONDS = 5
+DEMO_UNREACHABLE_AFTER_SECONDS = 15
+DEMO_GC_AFTER_SECONDS = 60
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoAgent:
+    name: str
+    type: str
+    capabilities: tuple[str, ...]
+
+
+DEMO_AGENTS = (
+    DemoAgent("cost-agent-demo", "cost", ("spot_migration", "rightsizing")),
+    DemoAgent("performance-agent-demo", "performance", ("latency_analysis", "autoscaling")),
+)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    kubeconfig: Path | None = None
+    """A real cluster's kubeconfig; None starts the embedded control plane."""
+    namespace: str = "agent-registry-demo"
+    """Where the demo agents register (and, on a real cluster, the only namespace the
+    local operator watches, so it never acts on someone else's agents)."""
+    api_port: int | None = None
+    """The facade's port on 127.0.0.1: None takes 8080 when free, 0 any free port."""
+    heartbeat_seconds: int = DEMO_HEARTBEAT_SECONDS
+    unreachable_after_seconds: int = DEMO_UNREACHABLE_AFTER_SECONDS
+    gc_after_seconds: int = DEMO_GC_AFTER_SECONDS
+    state_file: Path | None = None
+    """Written once everything is up: addresses and process ids, for scripts and tests."""
+    keep_logs: bool = False
+    """Keep the directory of logs after stopping (it is removed otherwise)."""
+
+
+@dataclasses.dataclass
+class Endpoints:
+    kubeconfig: Path
+    namespace: str
+    api_url: str | None
+    operator_metrics_url: str
+    logs: Path
+    kubectl: str
+    demo_agents: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def facade_available() -> bool:
+    return importlib.util.find_spec(FACADE_MODULE) is not None
+
+
+def _progress(message: str) -> None:
+    print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with _NO_PROXY.open(url, timeout=2) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+class Stack:
+    """``with Stack(RunOptions()) as stack: stack.start(); wait()``; leaving the block stops everything."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.endpoints: Endpoints | None = None
+        self._exit = contextlib.ExitStack()
+        self._workdir = Path(tempfile.mkdtemp(prefix="agent-registry-run-"))
+        self._processes: list[ManagedProcess] = []
+        self._controlplane: LocalControlPlane | None = None
+        self._redis: LocalRedis | None = None
+        self._api: client.ApiClient | None = None
+        self._kubeconfig: Path | None = None
+        self._step = 0
+        self._steps = 7
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop everything, newest first: sidecars deregister their agents while the cluster is still up."""
+        if self._closed:
+            return
+        self._closed = True
+        _progress("stopping: sidecars (they deregister their agents), agents, facade, operator, Redis, cluster")
+        try:
+            self._exit.close()
+        finally:
+            if self.options.keep_logs:
+                _progress(f"logs kept in {self._workdir / 'logs'}")
+            else:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            _progress("stopped")
+
+    def pids(self) -> dict[str, int]:
+        found = {p.name: p.pid for p in self._processes if p.running and p.pid}
+        if self._redis is not None and self._redis.pid:
+            found["redis-server"] = self._redis.pid
+        if self._controlplane is not None:
+            found.update(self._controlplane.pids)
+        return found
+
+    def start(self) -> Endpoints:
+        started = time.monotonic()
+        kubeconfig = self._start_cluster()
+        api = self._api = kube.api_client(kubeconfig)
+        self._exit.callback(api.close)
+        with self._stage("installing the Agent CRD"):
+            kube.apply_crd(api)
+            if kube.ensure_namespace(api, self.options.namespace):
+                _progress(f"    created namespace {self.options.namespace}")
+        with self._stage("starting Redis (the index)"):
+            redis = self._redis = self._exit.enter_context(LocalRedis())
+        operator_metrics = self._start_operator(kubeconfig, redis.url)
+        api_url = self._start_facade(kubeconfig, redis.url)
+        demo_urls = self._start_demo_agents(kubeconfig)
+        with self._stage("waiting until the demo agents are Healthy"):
+            self._wait_healthy(api, [agent.name for agent in DEMO_AGENTS])
+        self.endpoints = Endpoints(
+            kubeconfig=kubeconfig,
+            namespace=self.options.namespace,
+            api_url=api_url,
+            operator_metrics_url=operator_metrics,
+            logs=self._workdir / "logs",
+            kubectl=self._kubectl_command(),
+            demo_agents=demo_urls,
+        )
+        self._write_state()
+        _progress(f"everything up in {time.monotonic() - started:.1f}s")
+        return self.endpoints
+
+    def check_alive(self) -> None:
+        """Raise when a child exited on its own, naming it and showing its log's end."""
+        for process in self._processes:
+            if not process.running:
+                raise RuntimeError(
+                    f"{process.name} exited with code {process.returncode}; "
+                    f"last lines of {process.log_path}:\n{process.log_tail(20)}"
+                )
+
+    # -- steps -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stage(self, what: str) -> Iterator[None]:
+        self._step += 1
+        _progress(f"{self._step}/{self._steps} {what} ...")
+        started = time.monotonic()
+        yield
+        _progress(f"    done in {time.monotonic() - started:.1f}s")
+
+    def _start_cluster(self) -> Path:
+        if self.options.kubeconfig is not None:
+            kubeconfig = self.options.kubeconfig
+            with self._stage(f"using the cluster of KUBECONFIG={kubeconfig}"), kube.api_client(kubeconfig) as api:
+                _progress(f"    Kubernetes {kube.server_version(api)} answers")
+            self._kubeconfig = kubeconfig
+            return kubeconfig
+        with self._stage("starting the embedded control plane (kube-apiserver + etcd; the first run builds them)"):
+            controlplane = self._controlplane = self._exit.enter_context(LocalControlPlane())
+        self._kubeconfig = controlplane.kubeconfig
+        return controlplane.kubeconfig
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str], grace: float = 10.0) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self._workdir / "logs" / f"{name}.log", env=env, stop_grace_seconds=grace)
+        process.start()
+        self._processes.append(process)
+        self._exit.callback(process.stop)
+        return process
+
+    def _base_env(self, kubeconfig: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_REGISTRY_", "AGENT_", "POD_"))}
+        env["KUBECONFIG"] = str(kubeconfig)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _start_operator(self, kubeconfig: Path, redis_url: str) -> str:
+        metrics_port, health_port = free_port(), free_port()
+        # On a real cluster the local operator only looks at the demo namespace: it must
+        # never act on agents that an installed registry is responsible for.
+        watched = self.options.namespace if self.options.kubeconfig is not None else ""
+        env = self._base_env(kubeconfig) | {
+            "AGENT_REGISTRY_NAMESPACES": watched,
+            "AGENT_REGISTRY_REDIS_URL": redis_url,
+            "AGENT_REGISTRY_METRICS_HOST": LOOPBACK,
+            "AGENT_REGISTRY_METRICS_PORT": str(metrics_port),
+            "AGENT_REGISTRY_LIVENESS_ENDPOINT": f"http://{LOOPBACK}:{health_port}/healthz",
+            "AGENT_REGISTRY_LEASE_NAMESPACE": self.options.namespace,
+            "AGENT_REGISTRY_LEASE_NAME": "agent-registry-localrun",
+            "AGENT_REGISTRY_IDENTITY": f"localrun-{socket.gethostname()}-{os.getpid()}",
+            "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": "1",
+        }
+        scope = f"namespace {watched}" if watched else "all namespaces"
+        with self._stage(f"starting the operator (watching {scope})"):
+            operator = self._child("operator", [sys.executable, "-m", "agent_registry.controller"], env)
+            operator.wait_until(lambda: _http_ok(f"http://{LOOPBACK}:{health_port}/healthz"), 60, "/healthz answers")
+        return f"http://{LOOPBACK}:{metrics_port}/metrics"
+
+    def _start_facade(self, kubeconfig: Path, redis_url: str) -> str | None:
+        if not facade_available():
+            with self._stage("the REST facade is not part of this installation: skipped"):
+                pass
+            return None
+        port = self.options.api_port
+        if port is None:
+            port = DEFAULT_API_PORT if _port_is_free(DEFAULT_API_PORT) else free_port()
+        elif port == 0:
+            port = free_port()
+        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, self.options.namespace, redis_url)
+        url = f"http://{LOOPBACK}:{port}"
+        with self._stage(f"starting the REST facade on {url} (no authentication: local use only)"):
+            facade = self._child("facade", [sys.executable, "-m", FACADE_MODULE], env)
+            facade.wait_until(lambda: _http_ok(f"{url}/health"), 60, "/health answers")
+        return url
+
+    def _start_demo_agents(self, kubeconfig: Path) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        with self._stage(f"starting {len(DEMO_AGENTS)} demo agents, each with a sidecar"):
+            for agent in DEMO_AGENTS:
+                port = free_port()
+                url = f"http://{LOOPBACK}:{port}"
+                argv = [sys.executable, "-m", "agent_registry.localrun.demo_agent"]
+                argv += ["--host", LOOPBACK, "--port", str(port), "--name", agent.name]
+                process = self._child(agent.name, argv, self._base_env(kubeconfig), grace=5.0)
+                process.wait_until(functools.partial(_http_ok, f"{url}/health"), 30, "/health answers")
+                sidecar = [sys.executable, "-m", "agent_sidecar"]
+                self._child(f"{agent.name}-sidecar", sidecar, self._sidecar_env(agent, port))
+                urls[agent.name] = url
+        return urls
+
+    def _sidecar_env(self, agent: DemoAgent, port: int) -> dict[str, str]:
+        assert self._kubeconfig is not None
+        return self._base_env(self._kubeconfig) | {
+            "POD_NAMESPACE": self.options.namespace,
+            "POD_NAME": f"{agent.name}-local",
+            "AGENT_NAME": agent.name,
+            "AGENT_TYPE": agent.type,
+            "AGENT_HOST": LOOPBACK,
+            "AGENT_PORT": str(port),
+            "AGENT_CAPABILITIES": ",".join(agent.capabilities),
+            "AGENT_VERSION": "1.0.0",
+            "AGENT_METADATA": json.dumps({"started-by": "make run"}),
+            "AGENT_HEARTBEAT_INTERVAL_SECONDS": str(self.options.heartbeat_seconds),
+            "AGENT_UNREACHABLE_AFTER_SECONDS": str(self.options.unreachable_after_seconds),
+            "AGENT_GC_AFTER_SECONDS": str(self.options.gc_after_seconds),
+            "AGENT_HEALTH_URL": f"http://{LOOPBACK}:{port}/health",
+        }
+
+    def _wait_healthy(self, api: client.ApiClient, names: list[str], timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        phases: dict[str, str | None] = {}
+        while True:
+            self.check_alive()
+            phases = kube.agent_phases(api, self.options.namespace)
+            if all(phases.get(name) == "Healthy" for name in names):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"demo agents not Healthy within {timeout:.0f}s: {phases}")
+            time.sleep(0.3)
+
+    def _kubectl_command(self) -> str:
+        if shutil.which("kubectl"):
+            return "kubectl"
+        if self._controlplane is not None:
+            return str(self._controlplane.binaries.kubectl)
+        return "kubectl"
+
+    def _write_state(self) -> None:
+        if self.options.state_file is None or self.endpoints is None:
+            return
+        state: dict[str, Any] = {
+            "api_url": self.endpoints.api_url,
+            "kubeconfig": str(self.endpoints.kubeconfig),
+            "namespace": self.endpoints.namespace,
+            "operator_metrics_url": self.endpoints.operator_metrics_url,
+            "demo_agents": self.endpoints.demo_agents,
+            "workdir": str(self._workdir),
+            "pids": self.pids(),
+        }
+        tmp = self.options.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.options.state_file)
+
+
+def facade_env(host: str, port: int, namespace: str, redis_url: str) -> dict[str, str]:
+    """The facade's settings for a local run: loopback, no authentication, the demo namespace."""
+    return {
+        "AGENT_REGISTRY_FACADE_HOST": host,
+        "AGENT_REGISTRY_FACADE_PORT": str(port),
+        "AGENT_REGISTRY_FACADE_NAMESPACE": namespace,
+        "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "false",
+        "AGENT_REGISTRY_REDIS_URL": redis_url,
+    }
+
+
+def wait_forever(check: Callable[[], None], period: float = 1.0) -> None:
+    """Sleep until interrupted, checking now and then that the children are still alive."""
+    while True:
+        check()
+        time.sleep(period)
