@@ -1,0 +1,176 @@
+"""``AsyncAgentRegistration``: ``AgentRegistration`` for asyncio agents.
+
+The same requests and answers (``RegistrationProtocol``); calls are coroutines and the
+heartbeats run as a task on the agent's event loop::
+
+    async with AsyncAgentRegistration("perf-1", "performance", "10.0.0.8", 8002, ["latency"],
+                                      orchestrator_url="http://agent-registry") as registration:
+        await serve()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from agent_sidecar.client import (
+    DEFAULT_ORCHESTRATOR_URL,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_VERSION,
+    Outcome,
+    RegistrationError,
+    RegistrationProtocol,
+    StatusProvider,
+    _error_text,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncAgentRegistration(RegistrationProtocol):
+    def __init__(
+        self,
+        agent_name: str,
+        agent_type: str,
+        host: str,
+        port: int,
+        capabilities: Iterable[str],
+        orchestrator_url: str = DEFAULT_ORCHESTRATOR_URL,
+        version: str = DEFAULT_VERSION,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        status_provider: StatusProvider | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            agent_name,
+            agent_type,
+            host,
+            port,
+            capabilities,
+            orchestrator_url,
+            version,
+            metadata,
+            token=token,
+            token_file=token_file,
+            namespace=namespace,
+            timeout=timeout,
+            status_provider=status_provider,
+        )
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self) -> bool:
+        async with self._lock:
+            try:
+                response = await self._client.post(
+                    self._url("/agents/register"),
+                    json=self._registration_body(),
+                    params=self._params(),
+                    headers=self._headers(),
+                )
+            except (httpx.HTTPError, OSError) as exc:
+                logger.error("registering %s failed: %s", self.agent_name, exc)
+                return False
+            return self._accept_registration(response)
+
+    def start_heartbeat(self) -> None:
+        """Start the heartbeat task on the running event loop."""
+        if self._task is not None and not self._task.done():
+            return
+        self.running = True
+        self._task = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name=f"agent-heartbeat-{self.agent_name}"
+        )
+
+    async def stop_heartbeat_loop(self) -> None:
+        self.running = False
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def unregister(self) -> bool:
+        await self.stop_heartbeat_loop()
+        agent_id = self.agent_id
+        if agent_id is None:
+            return False
+        try:
+            response = await self._client.post(
+                self._url(f"/agents/{agent_id}/unregister"), params=self._params(), headers=self._headers()
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            logger.error("unregistering %s failed: %s", self.agent_name, exc)
+            return False
+        if response.status_code in (200, 404):
+            self.agent_id = None
+            return True
+        logger.error(
+            "unregistering %s failed: HTTP %s %s", self.agent_name, response.status_code, _error_text(response)
+        )
+        return False
+
+    async def send_heartbeat(self, status: str = "healthy", metadata: Mapping[str, Any] | None = None) -> bool:
+        return await self._heartbeat_once(status, metadata) is Outcome.OK
+
+    async def aclose(self) -> None:
+        await self.stop_heartbeat_loop()
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncAgentRegistration:
+        if not await self.register():
+            raise RegistrationError(f"could not register {self.agent_name} with {self.orchestrator_url}")
+        self.start_heartbeat()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.unregister()
+        finally:
+            await self.aclose()
+
+    async def _heartbeat_once(self, status: str, metadata: Mapping[str, Any] | None) -> Outcome:
+        agent_id = self.agent_id
+        if agent_id is None:
+            return Outcome.GONE
+        try:
+            response = await self._client.post(
+                self._url(f"/agents/{agent_id}/heartbeat"),
+                json=self._heartbeat_body(status, metadata),
+                params=self._params(),
+                headers=self._headers(),
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            logger.warning("heartbeat of %s failed: %s", self.agent_name, exc)
+            return Outcome.FAILED
+        return self._heartbeat_outcome(response)
+
+    async def _heartbeat_loop(self) -> None:
+        failures = 0
+        delay = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                outcome = await self._heartbeat_once(self._current_status(), None)
+                if outcome is Outcome.GONE:
+                    outcome = Outcome.OK if await self.register() else Outcome.FAILED
+            except Exception:
+                logger.exception("heartbeat of %s failed unexpectedly", self.agent_name)
+                outcome = Outcome.FAILED
+            failures = 0 if outcome is Outcome.OK else failures + 1
+            delay = self._delay(outcome, failures)

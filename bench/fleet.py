@@ -1,0 +1,375 @@
+"""The benchmark's fleet: N Agent objects, their heartbeats, and watching their phases.
+
+Fleet shape: agent *i* is ``agent-<i>``, of type ``cost|performance|resource|application``
+by ``i % 4``, with two capabilities: ``common`` (every agent of the type) and one of a
+vocabulary sized so that a (type, capability) pair selects about ``matches`` agents at
+any N. So there are two discovery questions: a *selective* one (type + rare capability,
+~``matches`` answers at every N) and a *broad* one (type + ``common``, N/4 answers).
+
+Heartbeats follow the production timing by default (every 30 s, Unreachable after 45 s
+of silence): agent *i* beats at ``i/N`` of the interval, so the fleet writes N/30 per
+second evenly. In the ``mixed`` route, even agents beat through the facade
+(``POST /agents/{id}/heartbeat``) and odd ones patch their status directly, with exactly
+the fields the sidecar writes; in the ``direct`` route all of them patch directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from agent_registry.schema import constants as c
+from bench.load import Recorder, fixed_rate, request, timed
+from bench.stack import progress
+
+SAMPLE_LABEL = "bench.registry.optiinfra.io/sample"
+MERGE_PATCH = "application/merge-patch+json"
+AGENTS_PATH = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{ns}}/{c.PLURAL}"
+LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+
+@dataclass(frozen=True)
+class Timing:
+    interval: int = 30
+    unreachable_after: int = 45
+    gc_after: int = 3600
+    """Longer than any run: collection is not under test, and a collected agent's next
+    heartbeat would be a 404 that looks like a lost heartbeat."""
+
+
+@dataclass
+class Fleet:
+    n: int
+    namespace: str
+    timing: Timing
+    matches: int = 20
+    sample_size: int = 30
+    names: list[str] = field(init=False)
+    ids: list[str] = field(init=False)
+    types: list[str] = field(init=False)
+    capabilities: list[list[str]] = field(init=False)
+    sample: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.vocabulary = max(1, round(self.n / len(c.KNOWN_AGENT_TYPES) / self.matches))
+        self.names = [f"agent-{i:05d}" for i in range(self.n)]
+        self.ids = [str(uuid.uuid4()) for _ in range(self.n)]
+        self.types = [c.KNOWN_AGENT_TYPES[i % len(c.KNOWN_AGENT_TYPES)] for i in range(self.n)]
+        self.capabilities = [["common", f"c{(i // len(c.KNOWN_AGENT_TYPES)) % self.vocabulary}"] for i in range(self.n)]
+        size = min(self.sample_size, max(1, self.n // 20))
+        step = self.n // size
+        # Alternate even and odd agents, so the sample beats through both routes.
+        self.sample = sorted({min(self.n - 1, k * step + (k % 2)) for k in range(size)})
+
+    @property
+    def selective_query(self) -> dict[str, str]:
+        return {"type": self.types[0], "capability": self.capabilities[0][1]}
+
+    @property
+    def broad_query(self) -> dict[str, str]:
+        return {"type": self.types[0], "capability": "common"}
+
+    def expected_matches(self, query: dict[str, str]) -> int:
+        return sum(
+            1
+            for t, caps in zip(self.types, self.capabilities, strict=True)
+            if t == query["type"] and query["capability"] in caps
+        )
+
+    def body(self, i: int) -> dict[str, Any]:
+        labels = {c.AGENT_ID_LABEL: self.ids[i], c.AGENT_TYPE_LABEL: self.types[i]}
+        if i in self._sample_set:
+            labels[SAMPLE_LABEL] = "true"
+        return {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            # The id label is set at creation, as the facade's registration does: the operator adopts it.
+            "metadata": {"name": self.names[i], "labels": labels},
+            "spec": {
+                "type": self.types[i],
+                "host": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                "port": 8000 + i % 1000,
+                "capabilities": self.capabilities[i],
+                "version": "1.0.0",
+                "heartbeat": {
+                    "intervalSeconds": self.timing.interval,
+                    "unreachableAfterSeconds": self.timing.unreachable_after,
+                    "gcAfterSeconds": self.timing.gc_after,
+                },
+            },
+        }
+
+    @property
+    def _sample_set(self) -> set[int]:
+        cached: set[int] | None = getattr(self, "_sample_cache", None)
+        if cached is None:
+            cached = set(self.sample)
+            self._sample_cache = cached
+        return cached
+
+
+async def create_agents(api: Any, fleet: Fleet, concurrency: int = 32) -> dict[str, Any]:
+    """Create every Agent through the API server, ``concurrency`` at a time."""
+    path = AGENTS_PATH.format(ns=fleet.namespace)
+    recorder = Recorder("create")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(fleet.n):
+        queue.put_nowait(i)
+    step = max(1, fleet.n // 10)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = fleet.body(i)
+            for _ in range(5):
+                ok, answer = await timed(recorder, lambda b=body: request(api, "POST", path, json_body=b), expect=201)
+                if ok or b"AlreadyExists" in answer:
+                    break
+                await asyncio.sleep(0.5)
+            if recorder.ok % step == 0 and recorder.ok:
+                progress(f"  created {recorder.ok}/{fleet.n} agents")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    recorder.close()
+    return recorder.summary()
+
+
+class AgentWatch:
+    """One watch on Agents (optionally by label): each agent's last phase, and when it was
+    first seen Unreachable. Without a resourceVersion the API server starts the watch with
+    an ADDED event for every existing object, so no separate LIST is needed."""
+
+    def __init__(self, api: Any, namespace: str, label_selector: str | None = None) -> None:
+        self.api = api
+        self.path = AGENTS_PATH.format(ns=namespace)
+        self.label_selector = label_selector
+        self.phases: dict[str, str | None] = {}
+        self.unreachable_at: dict[str, float] = {}
+        self.events = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> AgentWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def count(self, phase: str | None = None, *, with_phase: bool = False) -> int:
+        if with_phase:
+            return sum(1 for p in self.phases.values() if p)
+        return sum(1 for p in self.phases.values() if p == phase)
+
+    async def _run(self) -> None:
+        resource_version: str | None = None
+        while True:
+            params = {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "3600"}
+            if self.label_selector:
+                params["labelSelector"] = self.label_selector
+            if resource_version:
+                params["resourceVersion"] = resource_version
+            try:
+                async with self.api.get(self.path, params=params, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        meta = obj.get("metadata") or {}
+                        resource_version = meta.get("resourceVersion", resource_version)
+                        if event.get("type") == "BOOKMARK":
+                            continue
+                        if event.get("type") == "ERROR":
+                            resource_version = None  # 410 Gone: start over with a fresh view
+                            break
+                        self.events += 1
+                        name = meta.get("name", "")
+                        if event.get("type") == "DELETED":
+                            self.phases.pop(name, None)
+                            continue
+                        phase = (obj.get("status") or {}).get("phase")
+                        self.phases[name] = phase
+                        if phase == "Unreachable" and name not in self.unreachable_at:
+                            self.unreachable_at[name] = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                progress(f"  agent watch interrupted ({type(exc).__name__}: {exc}); resuming")
+                await asyncio.sleep(0.5)
+
+
+def _rfc3339(micro: bool = False) -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class HeartbeatTotals:
+    """Every heartbeat since the generator was created, whatever the phase."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+
+
+class Heartbeats:
+    """The fleet heartbeating at its interval, open-loop, until stopped."""
+
+    def __init__(self, fleet: Fleet, facade: Any, api: Any) -> None:
+        self.fleet = fleet
+        self.facade = facade
+        self.api = api
+        self.route = "mixed"
+        self.silenced: set[int] = set()
+        self.recorders = {"facade": Recorder("heartbeat-facade"), "direct": Recorder("heartbeat-direct")}
+        self.totals = HeartbeatTotals()
+        self.last_ack = [0.0] * fleet.n
+        self.sequence = [0] * fleet.n
+        self.stopped = asyncio.Event()
+        self._path = AGENTS_PATH.format(ns=fleet.namespace)
+        self._task: asyncio.Task[int] | None = None
+        self._position = 0
+
+    @property
+    def rate(self) -> float:
+        return self.fleet.n / self.fleet.timing.interval
+
+    def start(self) -> Heartbeats:
+        """Start (or resume where ``stop`` left off: the agent due next beats first)."""
+        self.stopped = asyncio.Event()
+        first = self._position
+
+        async def fire(k: int, due: float) -> None:
+            await self._fire(first + k, due)
+
+        self._task = asyncio.create_task(fixed_rate(self.rate, float("inf"), fire, stop=self.stopped))
+        return self
+
+    async def stop(self) -> None:
+        """Stop sending and wait for every heartbeat in flight to be answered."""
+        self.stopped.set()
+        if self._task is not None:
+            self._position += await self._task
+            self._task = None
+
+    def new_phase(self) -> dict[str, Recorder]:
+        """Close the current recorders and start new ones; returns the closed ones."""
+        closed = self.recorders
+        for recorder in closed.values():
+            recorder.close()
+        self.recorders = {"facade": Recorder("heartbeat-facade"), "direct": Recorder("heartbeat-direct")}
+        return closed
+
+    async def _fire(self, k: int, due: float) -> None:
+        i = k % self.fleet.n
+        if i in self.silenced:
+            return
+        via_facade = self.route == "mixed" and i % 2 == 0
+        recorder = self.recorders["facade" if via_facade else "direct"]
+        recorder.send_lags.append(max(0.0, time.monotonic() - due))
+        self.sequence[i] += 1
+        self.totals.sent += 1
+        if via_facade:
+            path = f"/agents/{self.fleet.ids[i]}/heartbeat"
+
+            def call() -> Any:
+                return request(self.facade, "POST", path, json_body={"status": "healthy"})
+
+        else:
+            # Exactly the sidecar's heartbeat: a merge-patch of the heartbeat fields.
+            body = {
+                "status": {
+                    "lastHeartbeatTime": _rfc3339(),
+                    "heartbeatSequence": self.sequence[i],
+                    "reportedStatus": "healthy",
+                    "heartbeatSource": "sidecar/bench",
+                }
+            }
+            path = f"{self._path}/{self.fleet.names[i]}/status"
+
+            def call() -> Any:
+                return request(self.api, "PATCH", path, json_body=body, content_type=MERGE_PATCH)
+
+        ok, _ = await timed(recorder, call)
+        if ok:
+            self.totals.ok += 1
+            self.last_ack[i] = time.monotonic()
+        else:
+            self.totals.failed += 1
+
+
+async def create_leases(api: Any, namespace: str, n: int, concurrency: int = 32) -> dict[str, Any]:
+    """One Lease per agent, shaped like a kubelet's node Lease."""
+    path = LEASES_PATH.format(ns=namespace)
+    recorder = Recorder("create-leases")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": f"agent-{i:05d}"},
+                "spec": {"holderIdentity": f"agent-{i:05d}", "leaseDurationSeconds": 45, "renewTime": _rfc3339(True)},
+            }
+            await timed(recorder, lambda b=body: request(api, "POST", path, json_body=b), expect=201)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    recorder.close()
+    return recorder.summary()
+
+
+class LeaseRenewals:
+    """The same heartbeat load as Lease renewals: a merge-patch of ``spec.renewTime``."""
+
+    def __init__(self, api: Any, namespace: str, n: int, interval: float) -> None:
+        self.api = api
+        self.n = n
+        self.rate = n / interval
+        self.path = LEASES_PATH.format(ns=namespace)
+        self.recorder = Recorder("lease-renewal")
+
+    async def run(self, seconds: float) -> dict[str, Any]:
+        async def fire(k: int, due: float) -> None:
+            i = k % self.n
+            self.recorder.send_lags.append(max(0.0, time.monotonic() - due))
+            body = {"spec": {"renewTime": _rfc3339(True), "holderIdentity": f"agent-{i:05d}"}}
+            await timed(
+                self.recorder,
+                lambda: request(
+                    self.api, "PATCH", f"{self.path}/agent-{i:05d}", json_body=body, content_type=MERGE_PATCH
+                ),
+            )
+
+        await fixed_rate(self.rate, seconds, fire)
+        self.recorder.close()
+        return self.recorder.summary()
+
+
+async def drain_watch(api: Any, path: str, stop: asyncio.Event) -> int:
+    """A watcher that reads and drops events (as the node lifecycle controller's informer
+    would consume Leases); returns how many lines it read."""
+    events = 0
+    params = {"watch": "1", "timeoutSeconds": "3600"}
+    async with api.get(path, params=params, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        while not stop.is_set():
+            try:
+                line = await asyncio.wait_for(resp.content.readline(), timeout=0.5)
+            except TimeoutError:
+                continue
+            if not line:
+                break
+            events += 1
+    return events

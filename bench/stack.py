@@ -1,0 +1,330 @@
+"""The system under test, as child processes on loopback: kube-apiserver + etcd, Redis, the
+operator and the HTTP facade, with the settings a production install uses unless a
+benchmark parameter says otherwise.
+
+The control plane and Redis are the ones the tests use (``agent_registry.localcluster``);
+the operator and the facade are started as ``python -m ...`` like in a pod, each with its
+own log file in the work directory. Clients authenticate as one ServiceAccount with a
+Role on agents and leases, the way a sidecar does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agent_registry.localcluster.apiclient import ApiClient, ApiError
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, free_port
+from agent_registry.localcluster.redis_server import LocalRedis
+from bench.procs import Sampler
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_DIR = REPO / "crds"
+KEY_PREFIX = "bench"
+CLIENT_ACCOUNT = "bench-client"
+OPERATOR_LEASE = "agent-registry-operator"
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def http_get(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    """GET without proxies; (0, reason) when nothing answers."""
+    opener = _NO_PROXY
+    if context is not None:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+    except (OSError, ValueError) as error:
+        return 0, str(error)
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text format, as (name, labels, value) rows."""
+    rows = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _METRIC_LINE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        try:
+            rows.append((match.group(1), labels, float(match.group(3))))
+        except ValueError:
+            continue
+    return rows
+
+
+def metric_sum(rows: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    return sum(v for n, lab, v in rows if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+
+class Stack:
+    """``Stack(namespace, sampler).start()``; ``close()`` stops everything, newest first."""
+
+    def __init__(
+        self,
+        namespace: str,
+        sampler: Sampler,
+        *,
+        facade_auth: bool = True,
+        sweep_seconds: float = 5.0,
+        keep_logs: bool = False,
+    ) -> None:
+        self.namespace = namespace
+        self.sampler = sampler
+        self.facade_auth = facade_auth
+        self.sweep_seconds = sweep_seconds
+        self.keep_logs = keep_logs
+        self.workdir = Path(tempfile.mkdtemp(prefix="agent-registry-bench-"))
+        self.cp: LocalControlPlane | None = None
+        self.redis: LocalRedis | None = None
+        self.operator: ManagedProcess | None = None
+        self.facade: ManagedProcess | None = None
+        self.operator_metrics_port = 0
+        self.facade_port = 0
+        self.token = ""
+        self._operator_starts = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        self.cp = LocalControlPlane().start()
+        self.cp.apply_crds(CRD_DIR)
+        self.cp.create_namespace(self.namespace)
+        self.redis = LocalRedis().start()
+        for name, pid in self.cp.pids.items():
+            self.sampler.watch(name, pid)
+        self.sampler.watch("redis", self.redis.pid)
+        self.token = self._client_token()
+        return self
+
+    def close(self) -> None:
+        for name, process in (("facade", self.facade), ("operator", self.operator)):
+            if process is not None:
+                process.stop()
+                self.sampler.watch(name, None)
+        if self.redis is not None:
+            self.redis.close()
+        if self.cp is not None:
+            self.cp.stop()
+        if self.keep_logs:
+            progress(f"logs kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- what clients need ----------------------------------------------------------------
+
+    @property
+    def controlplane(self) -> LocalControlPlane:
+        assert self.cp is not None, "start() first"
+        return self.cp
+
+    @property
+    def api_url(self) -> str:
+        return self.controlplane.server
+
+    @property
+    def facade_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.facade_port}"
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    def api_ssl_context(self) -> ssl.SSLContext:
+        """Trusts the API server; authentication is the bearer token."""
+        return ssl.create_default_context(cafile=str(self.controlplane.ca_file))
+
+    def admin(self) -> ApiClient:
+        return self.controlplane.admin_client()
+
+    def _client_token(self) -> str:
+        """A ServiceAccount token with what a sidecar, an orchestrator and a kubelet need here."""
+        ns = self.namespace
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": CLIENT_ACCOUNT, "namespace": ns},
+            "rules": [
+                {
+                    "apiGroups": ["registry.optiinfra.io"],
+                    "resources": ["agents", "agents/status"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+                },
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
+                },
+            ],
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": CLIENT_ACCOUNT, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CLIENT_ACCOUNT},
+            "subjects": [{"kind": "ServiceAccount", "name": CLIENT_ACCOUNT, "namespace": ns}],
+        }
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": CLIENT_ACCOUNT, "namespace": ns}}
+        with self.admin() as api:
+            api.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", account)
+            api.call("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", role)
+            api.call("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", binding)
+            request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+            issued = api.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{CLIENT_ACCOUNT}/token", request)
+        token = str(issued["status"]["token"])
+        # RBAC reaches the authorizer through an informer: wait until the binding counts.
+        context = self.api_ssl_context()
+        deadline = time.monotonic() + 30
+        while True:
+            with ApiClient(LOOPBACK, self.controlplane.apiserver_port, context, token=token) as as_client:
+                status, _ = as_client.request("GET", f"/apis/registry.optiinfra.io/v1/namespaces/{ns}/agents?limit=1")
+            if status == 200:
+                return token
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the bench ServiceAccount still gets HTTP {status} after 30 s")
+            time.sleep(0.2)
+
+    # --- the operator -----------------------------------------------------------------------
+
+    def _child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_REGISTRY_", "AGENT_", "POD_"))}
+        env["KUBECONFIG"] = str(self.controlplane.kubeconfig)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_operator(self) -> ManagedProcess:
+        """Start the operator (production settings, leader election on) and wait for its metrics endpoint.
+
+        Call it on the main thread (see ``process.py``: only then does the kernel kill the
+        child if this process dies), then :meth:`wait_operator`, which may run in a thread.
+        """
+        self._operator_starts += 1
+        self.operator_metrics_port = free_port()
+        health_port = free_port()
+        env = self._child_env() | {
+            "AGENT_REGISTRY_NAMESPACES": self.namespace,
+            "AGENT_REGISTRY_REDIS_URL": self.redis_url,
+            "AGENT_REGISTRY_REDIS_KEY_PREFIX": KEY_PREFIX,
+            "AGENT_REGISTRY_METRICS_HOST": LOOPBACK,
+            "AGENT_REGISTRY_METRICS_PORT": str(self.operator_metrics_port),
+            "AGENT_REGISTRY_LIVENESS_ENDPOINT": f"http://{LOOPBACK}:{health_port}/healthz",
+            "AGENT_REGISTRY_LEADER_ELECTION": "true",
+            "AGENT_REGISTRY_LEASE_NAMESPACE": self.namespace,
+            "AGENT_REGISTRY_LEASE_NAME": OPERATOR_LEASE,
+            "AGENT_REGISTRY_IDENTITY": f"bench-{socket.gethostname()}-{self._operator_starts}",
+            "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": str(self.sweep_seconds),
+        }
+        log = self.workdir / "logs" / "operator.log"
+        process = ManagedProcess(
+            "operator", [sys.executable, "-m", "agent_registry.controller"], log, env=env, stop_grace_seconds=35
+        )
+        process.start()
+        self.operator = process
+        self.sampler.watch("operator", process.pid)
+        return process
+
+    def wait_operator(self) -> None:
+        assert self.operator is not None
+        self.operator.wait_until(lambda: http_get(self.operator_metrics_url)[0] == 200, 60, "metrics answer")
+
+    @property
+    def operator_metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.operator_metrics_port}/metrics"
+
+    def stop_operator(self) -> float:
+        """SIGTERM and time the graceful exit."""
+        assert self.operator is not None
+        started = time.monotonic()
+        self.operator.stop()
+        self.sampler.watch("operator", None)
+        self.operator = None
+        return time.monotonic() - started
+
+    def operator_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        status, text = http_get(self.operator_metrics_url)
+        if status != 200:
+            raise RuntimeError(f"operator metrics: HTTP {status}: {text[:200]}")
+        return parse_metrics(text)
+
+    # --- the facade ---------------------------------------------------------------------------
+
+    def start_facade(self, extra_env: dict[str, str] | None = None) -> ManagedProcess:
+        self.facade_port = free_port()
+        env = self._child_env() | {
+            "AGENT_REGISTRY_FACADE_HOST": LOOPBACK,
+            "AGENT_REGISTRY_FACADE_PORT": str(self.facade_port),
+            "AGENT_REGISTRY_FACADE_NAMESPACE": self.namespace,
+            "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "true" if self.facade_auth else "false",
+            "AGENT_REGISTRY_REDIS_URL": self.redis_url,
+            "AGENT_REGISTRY_REDIS_KEY_PREFIX": KEY_PREFIX,
+            **(extra_env or {}),
+        }
+        log = self.workdir / "logs" / "facade.log"
+        process = ManagedProcess(
+            "facade", [sys.executable, "-m", "agent_registry.facade"], log, env=env, stop_grace_seconds=30
+        )
+        process.start()
+        self.facade = process
+        self.sampler.watch("facade", process.pid)
+        return process
+
+    def wait_facade(self) -> None:
+        assert self.facade is not None
+        self.facade.wait_until(lambda: http_get(f"{self.facade_url}/health")[0] == 200, 60, "/health answers")
+
+    def stop_facade(self) -> None:
+        if self.facade is not None:
+            self.facade.stop()
+            self.sampler.watch("facade", None)
+            self.facade = None
+
+    def facade_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        status, text = http_get(f"{self.facade_url}/metrics")
+        return parse_metrics(text) if status == 200 else []
+
+    # --- etcd -----------------------------------------------------------------------------------
+
+    def etcd_figures(self) -> dict[str, float]:
+        """etcd's size and write volume, from its /metrics on the client URL and the db file."""
+        status, text = http_get(f"{self.controlplane.etcd_url}/metrics")
+        rows = parse_metrics(text) if status == 200 else []
+        db_file = self.controlplane.workdir / "etcd" / "member" / "snap" / "db"
+        return {
+            "db_total_size_bytes": metric_sum(rows, "etcd_mvcc_db_total_size_in_bytes"),
+            "db_in_use_bytes": metric_sum(rows, "etcd_mvcc_db_total_size_in_use_in_bytes"),
+            "grpc_received_bytes": metric_sum(rows, "etcd_network_client_grpc_received_bytes_total"),
+            "grpc_sent_bytes": metric_sum(rows, "etcd_network_client_grpc_sent_bytes_total"),
+            "puts": metric_sum(rows, "etcd_mvcc_put_total"),
+            "db_file_bytes": float(db_file.stat().st_size) if db_file.exists() else 0.0,
+        }
+
+
+def log_tail(process: ManagedProcess | None, lines: int = 30) -> str:
+    return process.log_tail(lines) if process is not None else ""
+
+
+__all__ = ["ApiError", "Stack", "http_get", "log_tail", "metric_sum", "parse_metrics", "progress"]

@@ -1,0 +1,105 @@
+"""Request dependencies, as ``Annotated`` aliases routes declare as parameters.
+
+Order matters and FastAPI keeps it: authentication first (an anonymous caller learns
+nothing, not even that its body is invalid), then the namespace, then the agent lookup
+(404), then the RBAC check for that agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from agent_registry.facade.auth import Caller
+from agent_registry.facade.errors import bad_request, not_found
+from agent_registry.facade.reads import Located
+from agent_registry.facade.state import Registry
+from agent_registry.schema.agent import DNS_LABEL_PATTERN
+
+# Ids are issued lowercase; an uppercase spelling of the same UUID is accepted and folded.
+AGENT_ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+# Declared for the OpenAPI document (and the docs page's "Authorize" button); the header is
+# read by ``authenticated`` itself, so a malformed one gets a precise 401.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="A Kubernetes bearer token (e.g. `kubectl create token <service-account>`); RBAC on `agents` decides.",
+)
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+async def authenticated(
+    request: Request,
+    registry: RegistryDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> Caller:
+    return await registry.auth.authenticate(request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(authenticated)]
+
+
+async def current_namespace(
+    registry: RegistryDep,
+    namespace: Annotated[
+        str | None,
+        Query(
+            pattern=DNS_LABEL_PATTERN,
+            max_length=63,
+            description="Namespace of the agents; the registry's configured namespace when omitted.",
+        ),
+    ] = None,
+) -> str:
+    chosen = namespace or registry.settings.namespace
+    if not registry.settings.namespace_allowed(chosen):
+        served = ", ".join(registry.settings.allowed_namespaces)
+        raise bad_request(f"namespace {chosen!r} is not served by this registry (it serves: {served})")
+    return chosen
+
+
+NamespaceDep = Annotated[str, Depends(current_namespace)]
+
+
+def _may(verb: str) -> Callable[..., Awaitable[Caller]]:
+    async def allowed(registry: RegistryDep, caller: CallerDep, namespace: NamespaceDep) -> Caller:
+        await registry.auth.authorize(caller, verb, namespace)
+        return caller
+
+    return allowed
+
+
+MayList = Annotated[Caller, Depends(_may("list"))]
+
+AgentIdPath = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="The agent's id (a UUID).")]
+
+
+def _known_agent(verb: str, subresource: str | None = None) -> Callable[..., Awaitable[Located]]:
+    async def known(
+        registry: RegistryDep, caller: CallerDep, namespace: NamespaceDep, agent_id: AgentIdPath
+    ) -> Located:
+        located = await registry.reads.locate(namespace, agent_id.lower())
+        if located is None:
+            raise not_found()
+        await registry.auth.authorize(caller, verb, namespace, name=located.name, subresource=subresource)
+        return located
+
+    return known
+
+
+ReadableAgent = Annotated[Located, Depends(_known_agent("get"))]
+"""The agent named by the path's id, which the caller may read; 404 when unknown."""
+
+HeartbeatingAgent = Annotated[Located, Depends(_known_agent("patch", "status"))]
+"""The agent named by the path's id, whose status the caller may patch (as a sidecar does)."""
+
+DeletableAgent = Annotated[Located, Depends(_known_agent("delete"))]

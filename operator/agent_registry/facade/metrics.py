@@ -1,0 +1,69 @@
+"""Prometheus metrics of the facade, served at ``GET /metrics``.
+
+Requests are labelled by route template (``/agents/{agent_id}``), never by the raw path,
+so the number of series does not grow with the number of agents.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_NS = "agent_registry_facade"
+
+REQUESTS = Counter(f"{_NS}_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+LATENCY = Histogram(
+    f"{_NS}_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+IN_FLIGHT = Gauge(f"{_NS}_requests_in_flight", "HTTP requests being answered.")
+OPERATIONS = Counter(f"{_NS}_operations_total", "Registry operations by outcome.", ["operation", "outcome"])
+READS = Counter(
+    f"{_NS}_reads_total",
+    "Where reads were answered from: the index, the API server (index unavailable or missing "
+    "the agent), or this process's own recent writes.",
+    ["source"],
+)
+INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.")
+KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.")
+AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"])
+DEPENDENCY_UP = Gauge(f"{_NS}_dependency_up", "Whether a dependency answered the last readiness check.", ["dependency"])
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts and times every request, including those answered by error handlers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            IN_FLIGHT.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = str(scope.get("method", ""))
+            REQUESTS.labels(method=method, route=template, status=str(status)).inc()
+            LATENCY.labels(method=method, route=template).observe(time.perf_counter() - started)

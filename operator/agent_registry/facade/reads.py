@@ -1,0 +1,247 @@
+"""Answering reads: from the Redis index, else the API server, with this process's own writes on top.
+
+Redis is a cache. When it is down, slow, or holds no index (the operator has not built it
+yet, or it was flushed), every read is answered from the API server with the same
+filters, so answers stay correct, only slower. When the API server is down too, there is
+nothing left to answer from, and reads get 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from agent_registry.facade import metrics
+from agent_registry.facade.errors import unavailable
+from agent_registry.facade.kube import Kube, KubeUnavailable
+from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
+from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
+from agent_registry.schema.agent import AgentStatus
+from agent_registry.schema.rest import AgentView, agent_view_from_resource
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Located:
+    """An agent found by id, with what writes to it need."""
+
+    agent_id: str
+    namespace: str
+    name: str
+    uid: str
+    view: AgentView
+
+
+def view_of(resource: dict[str, Any]) -> AgentView | None:
+    """The REST view of an object, or None for one the registry cannot show (an invalid
+    spec, or no id yet: the operator does not index those either)."""
+    try:
+        view = agent_view_from_resource(resource)
+    except (ValidationError, ValueError):
+        return None
+    return view if view.id else None
+
+
+def written_view(write: RecentWrite) -> AgentView | None:
+    """The view of an object this process just wrote.
+
+    After a heartbeat the stored phase is still the one before it; the operator will set
+    the phase the agent reported (the agent just proved it is reachable), so show that
+    rather than make the client wait for the operator to read its own write back.
+    """
+    if write.resource is None:
+        return None
+    view = view_of(write.resource)
+    if view is None:
+        return None
+    status = AgentStatus.model_validate(write.resource.get("status") or {})
+    if status.reported_status is not None:
+        view = view.model_copy(update={"status": status.reported_status.value})
+    return view
+
+
+def matches(view: AgentView, agent_type: str | None, capabilities: Sequence[str], status: str | None) -> bool:
+    return (
+        (agent_type is None or view.type == agent_type)
+        and (status is None or view.status == status)
+        and set(capabilities) <= set(view.capabilities)
+    )
+
+
+class IndexAccess:
+    """The index behind a small circuit breaker: after a failure, Redis is skipped for
+    ``retry_seconds`` so that an outage does not add a timeout to every read."""
+
+    def __init__(self, reader: IndexReader | None, retry_seconds: float) -> None:
+        self.reader = reader
+        self.retry_seconds = retry_seconds
+        self._skip_until = 0.0
+        self.last_error: str | None = None if reader else "no index configured"
+
+    async def call(self, read: Callable[[IndexReader], Awaitable[T]]) -> T:
+        if self.reader is None:
+            raise IndexUnavailable("no index configured")
+        if time.monotonic() < self._skip_until:
+            raise IndexUnavailable(f"skipped after a recent failure: {self.last_error}")
+        try:
+            result = await read(self.reader)
+        except IndexUnavailable as exc:
+            metrics.INDEX_ERRORS.inc()
+            if self.last_error is None:
+                logger.warning("the Redis index is unavailable (%s); reads fall back to the API server", exc)
+            self.last_error = str(exc)
+            # A lost index (Redis up, index not built yet) is cheap to ask about again; an
+            # unreachable Redis is not.
+            if not isinstance(exc, IndexLost):
+                self._skip_until = time.monotonic() + self.retry_seconds
+            raise
+        if self.last_error is not None:
+            logger.info("the Redis index answers again")
+            self.last_error = None
+        return result
+
+
+class Reads:
+    def __init__(self, kube: Kube, index: IndexAccess, recent: RecentWrites) -> None:
+        self.kube = kube
+        self.index = index
+        self.recent = recent
+
+    async def locate(self, namespace: str, agent_id: str) -> Located | None:
+        """The agent with this id in this namespace, or None."""
+        write = self.recent.get(agent_id)
+        if write is not None and write.namespace != namespace:
+            write = None
+        if write is not None and write.deleted:
+            return None
+        record: IndexedAgent | None = None
+        index_answered = False
+        try:
+            record = await self.index.call(lambda reader: reader.get(agent_id))
+            index_answered = True
+        except IndexUnavailable:
+            pass
+        if record is not None and record.namespace != namespace:
+            record = None
+        if write is not None and record is None:
+            # Not indexed yet, or deleted by someone else since: the API server tells which.
+            try:
+                resource = await self.kube.get_agent(namespace, write.name)
+            except KubeUnavailable:
+                metrics.KUBE_ERRORS.inc()
+            else:
+                metrics.READS.labels(source="api").inc()
+                unchanged = resource is not None and _version(resource) == write.resource_version
+                # Unchanged since this process wrote it: show the write as the operator will see it.
+                return _located(agent_id, write.resource if unchanged else resource, write if unchanged else None)
+        if write is not None and (record is None or is_older(record.resource_version, write.resource_version)):
+            view = written_view(write)
+            if view is not None:
+                metrics.READS.labels(source="recent").inc()
+                uid = str((write.resource or {}).get("metadata", {}).get("uid", ""))
+                return Located(agent_id, namespace, write.name, uid, view)
+        if record is not None:
+            metrics.READS.labels(source="index").inc()
+            return Located(agent_id, namespace, record.name, record.uid, record.agent)
+        # The index lacks it: too new for the index, or the index is down. The API server knows.
+        try:
+            resource = await self.kube.find_by_id(namespace, agent_id)
+        except KubeUnavailable as exc:
+            metrics.KUBE_ERRORS.inc()
+            if index_answered:
+                return None
+            raise unavailable(
+                f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
+            ) from exc
+        metrics.READS.labels(source="api").inc()
+        return _located(agent_id, resource)
+
+    async def query(
+        self,
+        namespace: str,
+        agent_type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+    ) -> list[AgentView]:
+        """Agents matching every filter (all ``capabilities``), sorted by name."""
+        try:
+            records = await self.index.call(lambda reader: reader.query(namespace, agent_type, capabilities, status))
+        except IndexUnavailable:
+            return await self._query_api(namespace, agent_type, capabilities, status)
+        metrics.READS.labels(source="index").inc()
+        views = {record.id: record.agent for record in records}
+        versions = {record.id: record.resource_version for record in records}
+        unsure: list[tuple[RecentWrite, AgentView]] = []
+        for write in self.recent.in_namespace(namespace):
+            if write.deleted:
+                views.pop(write.agent_id, None)
+                continue
+            if write.agent_id in versions and not is_older(versions[write.agent_id], write.resource_version):
+                continue  # the index has caught up
+            view = written_view(write)
+            matching = view is not None and matches(view, agent_type, capabilities, status)
+            if write.agent_id in versions:
+                # The index holds an older version: the write decides whether it matches.
+                if view is not None and matching:
+                    views[write.agent_id] = view
+                else:
+                    views.pop(write.agent_id, None)
+            elif view is not None and matching:
+                # Absent from the answer: the index may lack the agent, or hold a newer
+                # version that does not match (it went Unreachable since). Only its record says.
+                unsure.append((write, view))
+        for write, view in unsure:
+            try:
+                record = await self.index.call(_getter(write.agent_id))
+            except IndexUnavailable:
+                return await self._query_api(namespace, agent_type, capabilities, status)
+            index_lacks_it = record is None or record.namespace != namespace
+            if index_lacks_it or (record is not None and is_older(record.resource_version, write.resource_version)):
+                views[write.agent_id] = view
+        return _sorted(views.values())
+
+    async def _query_api(
+        self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
+    ) -> list[AgentView]:
+        # Filter here rather than by the type label: the operator sets that label, and an
+        # agent it has not seen yet must not be missing from the answer.
+        try:
+            resources = await self.kube.list_agents(namespace)
+        except KubeUnavailable as exc:
+            metrics.KUBE_ERRORS.inc()
+            raise unavailable(
+                f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
+            ) from exc
+        metrics.READS.labels(source="api").inc()
+        views = (view_of(resource) for resource in resources)
+        return _sorted(v for v in views if v is not None and matches(v, agent_type, capabilities, status))
+
+
+def _located(agent_id: str, resource: dict[str, Any] | None, write: RecentWrite | None = None) -> Located | None:
+    """The agent in an object from the API server, if the object is that agent."""
+    if resource is None:
+        return None
+    view = written_view(write) if write is not None else view_of(resource)
+    if view is None or view.id != agent_id:
+        return None
+    meta = resource.get("metadata") or {}
+    return Located(agent_id, str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), view)
+
+
+def _version(resource: dict[str, Any]) -> str:
+    return str((resource.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _getter(agent_id: str) -> Callable[[IndexReader], Awaitable[IndexedAgent | None]]:
+    return lambda reader: reader.get(agent_id)
+
+
+def _sorted(views: Iterable[AgentView]) -> list[AgentView]:
+    return sorted(views, key=lambda view: (view.name, view.id))

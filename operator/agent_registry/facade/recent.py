@@ -1,0 +1,98 @@
+"""What this process wrote lately, so its clients read their writes back before the index has them.
+
+The operator owns the index and updates it from its watch, normally within milliseconds
+of a write; until then the index lacks a new agent or shows an old version. The facade
+remembers the object the API server returned for each of its writes (or that it deleted
+one) and prefers it while the index is older, for at most ``read_your_writes_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_MAX_ENTRIES = 50_000
+
+
+@dataclass(frozen=True)
+class RecentWrite:
+    agent_id: str
+    namespace: str
+    name: str
+    resource: dict[str, Any] | None
+    """The object as the API server returned it after the write; None after a delete."""
+    expires: float
+
+    @property
+    def deleted(self) -> bool:
+        return self.resource is None
+
+    @property
+    def resource_version(self) -> str:
+        return str(((self.resource or {}).get("metadata") or {}).get("resourceVersion", ""))
+
+
+class RecentWrites:
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
+        self._by_id: OrderedDict[str, RecentWrite] = OrderedDict()
+        self._by_namespace: dict[str, dict[str, RecentWrite]] = {}
+
+    def wrote(self, agent_id: str, namespace: str, name: str, resource: dict[str, Any]) -> None:
+        self._put(RecentWrite(agent_id, namespace, name, _slim(resource), time.monotonic() + self.ttl))
+
+    def deleted(self, agent_id: str, namespace: str, name: str) -> None:
+        self._put(RecentWrite(agent_id, namespace, name, None, time.monotonic() + self.ttl))
+
+    def forget(self, agent_id: str) -> None:
+        entry = self._by_id.pop(agent_id, None)
+        if entry is not None:
+            self._by_namespace.get(entry.namespace, {}).pop(agent_id, None)
+
+    def get(self, agent_id: str) -> RecentWrite | None:
+        entry = self._by_id.get(agent_id)
+        if entry is not None and entry.expires < time.monotonic():
+            self.forget(agent_id)
+            return None
+        return entry
+
+    def in_namespace(self, namespace: str) -> Iterator[RecentWrite]:
+        now = time.monotonic()
+        entries = self._by_namespace.get(namespace, {})
+        for entry in list(entries.values()):
+            if entry.expires < now:
+                self.forget(entry.agent_id)
+            else:
+                yield entry
+
+    def _put(self, entry: RecentWrite) -> None:
+        if self.ttl <= 0:
+            return
+        self.forget(entry.agent_id)
+        self._by_id[entry.agent_id] = entry
+        self._by_namespace.setdefault(entry.namespace, {})[entry.agent_id] = entry
+        while len(self._by_id) > _MAX_ENTRIES:
+            oldest = next(iter(self._by_id))
+            self.forget(oldest)
+
+
+def _slim(resource: dict[str, Any]) -> dict[str, Any]:
+    """What a view needs, without managedFields and annotations, which can be most of an object."""
+    meta = {k: v for k, v in (resource.get("metadata") or {}).items() if k not in ("managedFields", "annotations")}
+    return {**resource, "metadata": meta}
+
+
+def is_older(index_version: str, written_version: str) -> bool:
+    """Whether the index's copy predates what this process wrote.
+
+    resourceVersions are opaque by contract, but every API server backed by etcd issues
+    increasing integers; when either is not one, assume the index is behind (the written
+    copy is at most ``read_your_writes_seconds`` old).
+    """
+    try:
+        return int(index_version) < int(written_version)
+    except ValueError:
+        return index_version != written_version

@@ -1,0 +1,1 @@
+"""One router per resource: ``agents`` (the REST contract and the discovery extras) and ``health``."""

@@ -1,0 +1,151 @@
+"""``/agents``: the original registry's routes, unchanged, plus filters, healthy agents and routing.
+
+Static routes come before ``/agents/{agent_id}`` so that ``/agents/healthy`` is not read
+as an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
+
+from agent_registry.facade.deps import (
+    CallerDep,
+    DeletableAgent,
+    HeartbeatingAgent,
+    MayList,
+    NamespaceDep,
+    ReadableAgent,
+    RegistryDep,
+)
+from agent_registry.facade.errors import documented, not_found
+from agent_registry.facade.models import UNREGISTERED, MessageResponse
+from agent_registry.schema import constants as c
+from agent_registry.schema.rest import (
+    AgentListResponse,
+    AgentView,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegistrationRequest,
+    RegistrationResponse,
+)
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+RestStatus = Literal["healthy", "degraded", "unhealthy", "unreachable"]
+# Filters are not validated against the type and capability patterns: a value that no
+# agent can have simply matches nothing, as in the original registry.
+TypeFilter = Annotated[
+    str | None,
+    Query(alias="type", max_length=c.MAX_TYPE_LENGTH, description="Only agents of this type."),
+]
+CapabilityFilter = Annotated[
+    list[Annotated[str, StringConstraints(max_length=c.MAX_CAPABILITY_LENGTH)]],
+    Query(
+        alias="capability",
+        max_length=c.MAX_CAPABILITIES,
+        description="Only agents with this capability; repeat it and all must match.",
+    ),
+]
+StatusFilter = Annotated[RestStatus | None, Query(alias="status", description="Only agents in this status.")]
+
+_READ_ERRORS = documented(400, 401, 403, 503)
+
+
+def _list(views: Sequence[AgentView]) -> JSONResponse:
+    return JSONResponse({"agents": [view.to_json() for view in views], "count": len(views)})
+
+
+@router.post(
+    "/register",
+    status_code=201,
+    summary="Register an agent, or update the one of the same name (same id)",
+    responses=documented(400, 401, 403, 404, 409, 413, 503),
+)
+async def register(
+    registry: RegistryDep, caller: CallerDep, namespace: NamespaceDep, body: RegistrationRequest
+) -> RegistrationResponse:
+    return await registry.writes.register(caller, namespace, body)
+
+
+@router.get("", summary="List agents, optionally filtered", response_model=AgentListResponse, responses=_READ_ERRORS)
+async def list_agents(
+    registry: RegistryDep,
+    _: MayList,
+    namespace: NamespaceDep,
+    agent_type: TypeFilter = None,
+    capabilities: CapabilityFilter = [],  # noqa: B006 - FastAPI copies defaults per request
+    status: StatusFilter = None,
+) -> JSONResponse:
+    return _list(await registry.reads.query(namespace, agent_type, capabilities, status))
+
+
+@router.get(
+    "/healthy",
+    summary="List healthy agents, optionally filtered",
+    response_model=AgentListResponse,
+    responses=_READ_ERRORS,
+)
+async def healthy_agents(
+    registry: RegistryDep,
+    _: MayList,
+    namespace: NamespaceDep,
+    agent_type: TypeFilter = None,
+    capabilities: CapabilityFilter = [],  # noqa: B006
+) -> JSONResponse:
+    return _list(await registry.reads.query(namespace, agent_type, capabilities, "healthy"))
+
+
+@router.get(
+    "/route",
+    summary="Pick one healthy agent of a type with the given capabilities, spreading picks over all that match",
+    response_model=AgentView,
+    responses=documented(400, 401, 403, 404, 503),
+)
+async def route(
+    registry: RegistryDep,
+    _: MayList,
+    namespace: NamespaceDep,
+    agent_type: Annotated[str, Query(alias="type", max_length=c.MAX_TYPE_LENGTH, description="The agent type.")],
+    capabilities: CapabilityFilter = [],  # noqa: B006
+) -> JSONResponse:
+    candidates = await registry.reads.query(namespace, agent_type, capabilities, "healthy")
+    wanted = sorted(set(capabilities))
+    picked = registry.round_robin.pick((namespace, agent_type, tuple(wanted)), candidates)
+    if picked is None:
+        with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
+        raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
+    return JSONResponse(picked.to_json())
+
+
+@router.get(
+    "/type/{agent_type}", summary="List agents of a type", response_model=AgentListResponse, responses=_READ_ERRORS
+)
+async def agents_of_type(registry: RegistryDep, _: MayList, namespace: NamespaceDep, agent_type: str) -> JSONResponse:
+    return _list(await registry.reads.query(namespace, agent_type))
+
+
+@router.get("/{agent_id}", summary="One agent", response_model=AgentView, responses=documented(400, 401, 403, 404, 503))
+async def get_agent(agent: ReadableAgent) -> JSONResponse:
+    return JSONResponse(agent.view.to_json())
+
+
+@router.post(
+    "/{agent_id}/heartbeat",
+    summary="Record a heartbeat; metadata is merged into the agent's",
+    responses=documented(400, 401, 403, 404, 413, 503),
+)
+async def heartbeat(registry: RegistryDep, agent: HeartbeatingAgent, body: HeartbeatRequest) -> HeartbeatResponse:
+    return await registry.writes.heartbeat(agent, body)
+
+
+@router.post(
+    "/{agent_id}/unregister", summary="Unregister (delete) an agent", responses=documented(400, 401, 403, 404, 503)
+)
+async def unregister(registry: RegistryDep, agent: DeletableAgent) -> MessageResponse:
+    await registry.writes.unregister(agent)
+    return MessageResponse(message=UNREGISTERED)

@@ -1,0 +1,310 @@
+"""Register, heartbeat and unregister, translated onto Agent objects.
+
+* register creates the Agent with the ``agent-id`` label already set to a fresh UUID, so
+  the id is known at once (the operator adopts it), then writes ``agentId``,
+  ``registeredAt`` and a first heartbeat into the status. A name that exists gets its spec
+  updated and keeps its id.
+* heartbeat is the same small status merge-patch the sidecar writes: the heartbeat fields
+  only; ``reportedMetadata`` is merged by the merge-patch itself.
+* unregister deletes the object, with the uid as a precondition so that a replacement
+  created meanwhile under the same name survives.
+
+The operator owns the index; writes never touch Redis (see ``recent.py`` for how clients
+still read their writes back at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from agent_registry.facade import metrics
+from agent_registry.facade.auth import Authenticator, Caller
+from agent_registry.facade.errors import AGENT_NOT_FOUND, ApiError, bad_request, not_found, unavailable
+from agent_registry.facade.kube import Kube, KubeError, KubeUnavailable
+from agent_registry.facade.reads import Located
+from agent_registry.facade.recent import RecentWrites
+from agent_registry.facade.settings import FacadeSettings
+from agent_registry.schema import constants as c
+from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
+from agent_registry.schema.rest import HeartbeatRequest, HeartbeatResponse, RegistrationRequest, RegistrationResponse
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HEARTBEAT_SOURCE = "rest"
+_UUID = re.compile(UUID_PATTERN)
+_CONFLICT_ATTEMPTS = 5
+
+
+class HeartbeatSequence:
+    """``status.heartbeatSequence`` from the facade's clock: microseconds since the epoch.
+
+    The operator only needs the sequence to change with every heartbeat (it judges time
+    on its own clock). A counter would need a read before every patch and could still
+    collide between facade replicas; a clock-based value costs nothing, increases across
+    replicas whose clocks roughly agree, and never repeats within this process.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns() // 1000, self._last + 1)
+            return self._last
+
+
+class Writes:
+    def __init__(self, kube: Kube, auth: Authenticator, recent: RecentWrites, settings: FacadeSettings) -> None:
+        self.kube = kube
+        self.auth = auth
+        self.recent = recent
+        self.settings = settings
+        self.sequence = HeartbeatSequence()
+        # Validated once: a bad combination fails at start-up, not at the first registration.
+        self.heartbeat_settings = HeartbeatSettings(
+            interval_seconds=settings.heartbeat_interval_seconds,
+            unreachable_after_seconds=settings.unreachable_after_seconds,
+            gc_after_seconds=settings.gc_after_seconds,
+        )
+
+    # --- register ------------------------------------------------------------------------
+
+    async def register(self, caller: Caller, namespace: str, request: RegistrationRequest) -> RegistrationResponse:
+        await self.auth.authorize(caller, "create", namespace, name=request.name)
+        spec = request.to_spec()
+        spec.heartbeat = self.heartbeat_settings.model_copy()
+        for _ in range(_CONFLICT_ATTEMPTS):
+            agent_id = str(uuid.uuid4())
+            body = {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND,
+                "metadata": {
+                    "name": request.name,
+                    "namespace": namespace,
+                    "labels": {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: request.type},
+                },
+                "spec": spec.model_dump(mode="json", by_alias=True),
+            }
+            try:
+                created = await self._kube(self.kube.create_agent(namespace, body), "register the agent")
+            except KubeError as exc:
+                if exc.status == 409 and exc.reason == "AlreadyExists":
+                    response = await self._reregister(caller, namespace, request, spec)
+                    if response is not None:
+                        return response
+                    continue  # deleted between the create and the read: create again
+                raise self._rejected(exc, namespace) from exc
+            now = _whole_seconds(_now())
+            resource = await self._write_status(
+                namespace, request.name, created, _registration_status(agent_id, now, self.sequence.next())
+            )
+            self.recent.wrote(agent_id, namespace, request.name, resource)
+            metrics.OPERATIONS.labels(operation="register", outcome="created").inc()
+            logger.info("registered agent %s/%s as %s", namespace, request.name, agent_id)
+            return self._registered(agent_id, now, namespace, spec.heartbeat.interval_seconds)
+        raise ApiError(409, f"agent {request.name!r} keeps changing; try again")
+
+    async def _reregister(
+        self, caller: Caller, namespace: str, request: RegistrationRequest, spec: AgentSpec
+    ) -> RegistrationResponse | None:
+        """Update an existing agent of the same name; None when it vanished meanwhile."""
+        await self.auth.authorize(caller, "update", namespace, name=request.name)
+        for _ in range(_CONFLICT_ATTEMPTS):
+            existing = await self._kube(self.kube.get_agent(namespace, request.name), "register the agent")
+            if existing is None:
+                return None
+            old_spec = existing.get("spec") or {}
+            if old_spec.get("type") != request.type:
+                raise ApiError(
+                    409,
+                    f"agent {request.name!r} already exists with type {old_spec.get('type')!r}; "
+                    "an agent's type cannot change (unregister it first)",
+                )
+            meta = existing.get("metadata") or {}
+            status = existing.get("status") or {}
+            agent_id = _existing_id(existing) or str(uuid.uuid4())
+            new_spec = spec.model_dump(mode="json", by_alias=True, exclude={"heartbeat"})
+            # Merge-patch merges maps: metadata keys the new registration dropped must be
+            # nulled, or they would survive. The heartbeat settings stay as they are: a
+            # sidecar or kubectl may have tuned them.
+            new_spec["metadata"] = {**dict.fromkeys(old_spec.get("metadata") or {}), **new_spec["metadata"]}
+            patch = {
+                "metadata": {
+                    # A precondition: a concurrent change makes this a 409 instead of a mix.
+                    "resourceVersion": meta.get("resourceVersion"),
+                    "labels": {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: request.type},
+                },
+                "spec": new_spec,
+            }
+            try:
+                updated = await self._kube(self.kube.patch_agent(namespace, request.name, patch), "update the agent")
+            except KubeError as exc:
+                if exc.status == 409:
+                    continue
+                if exc.status == 404:
+                    return None
+                raise self._rejected(exc, namespace) from exc
+            registered_at = _parse_time(status.get("registeredAt")) or _whole_seconds(_now())
+            new_status = _registration_status(agent_id, registered_at, self.sequence.next())
+            resource = await self._write_status(namespace, request.name, updated, new_status)
+            self.recent.wrote(agent_id, namespace, request.name, resource)
+            interval = int(((updated.get("spec") or {}).get("heartbeat") or {}).get("intervalSeconds", 0)) or (
+                self.heartbeat_settings.interval_seconds
+            )
+            metrics.OPERATIONS.labels(operation="register", outcome="updated").inc()
+            logger.info("re-registered agent %s/%s (%s)", namespace, request.name, agent_id)
+            return self._registered(agent_id, registered_at, namespace, interval)
+        raise ApiError(409, f"agent {request.name!r} keeps changing; try again")
+
+    async def _write_status(
+        self, namespace: str, name: str, current: dict[str, Any], status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The registration's status patch. If it fails, the object is there with its id
+        label, which the operator adopts; the registration stands."""
+        try:
+            return await self.kube.patch_status(namespace, name, {"status": status})
+        except (KubeUnavailable, KubeError) as exc:
+            logger.warning(
+                "registered %s/%s but could not write its status (the operator will): %s", namespace, name, exc
+            )
+            return current
+
+    def _registered(
+        self, agent_id: str, registered_at: datetime, namespace: str, interval: int
+    ) -> RegistrationResponse:
+        url = f"/agents/{agent_id}/heartbeat"
+        if namespace != self.settings.namespace:
+            url += f"?namespace={namespace}"
+        return RegistrationResponse(
+            agent_id=agent_id, registered_at=registered_at, heartbeat_url=url, heartbeat_interval_seconds=interval
+        )
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    async def heartbeat(self, agent: Located, request: HeartbeatRequest) -> HeartbeatResponse:
+        now = _now()
+        fields: dict[str, Any] = {
+            "last_heartbeat_time": now,
+            "heartbeat_sequence": self.sequence.next(),
+            "reported_status": request.status,
+            "heartbeat_source": HEARTBEAT_SOURCE,
+        }
+        if request.metadata:
+            fields["reported_metadata"] = request.metadata
+        status = AgentStatus(**fields).model_dump(mode="json", by_alias=True, exclude_unset=True)
+        try:
+            resource = await self._kube(
+                self.kube.patch_status(agent.namespace, agent.name, {"status": status}), "record the heartbeat"
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                self.recent.forget(agent.agent_id)
+                metrics.OPERATIONS.labels(operation="heartbeat", outcome="unknown").inc()
+                raise not_found() from exc
+            raise self._rejected(exc, agent.namespace) from exc
+        if _existing_id(resource) not in (None, agent.agent_id):
+            # The name now belongs to another agent (deleted and registered again while the
+            # index still pointed here). Telling the caller its id is unknown makes it register
+            # again, which is right: it gets the live agent's id.
+            self.recent.forget(agent.agent_id)
+            raise not_found()
+        self.recent.wrote(agent.agent_id, agent.namespace, agent.name, resource)
+        metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
+        interval = ((resource.get("spec") or {}).get("heartbeat") or {}).get("intervalSeconds")
+        return HeartbeatResponse(
+            received=True,
+            next_interval_seconds=int(interval or self.heartbeat_settings.interval_seconds),
+            timestamp=now,
+        )
+
+    # --- unregister -------------------------------------------------------------------------
+
+    async def unregister(self, agent: Located) -> None:
+        try:
+            await self._kube(
+                self.kube.delete_agent(agent.namespace, agent.name, agent.uid or None), "unregister the agent"
+            )
+        except KubeError as exc:
+            # 409: the uid precondition failed, the name belongs to a newer agent now.
+            if exc.status in (404, 409):
+                self.recent.forget(agent.agent_id)
+                raise not_found() from exc
+            raise self._rejected(exc, agent.namespace) from exc
+        self.recent.deleted(agent.agent_id, agent.namespace, agent.name)
+        metrics.OPERATIONS.labels(operation="unregister", outcome="deleted").inc()
+        logger.info("unregistered agent %s/%s (%s)", agent.namespace, agent.name, agent.agent_id)
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _kube(call: Awaitable[T], action: str) -> T:
+        try:
+            return await call
+        except KubeUnavailable as exc:
+            metrics.KUBE_ERRORS.inc()
+            raise unavailable(f"cannot {action}: the Kubernetes API server is unavailable ({exc})") from exc
+
+    @staticmethod
+    def _rejected(exc: KubeError, namespace: str) -> ApiError:
+        if exc.status == 422:
+            # The models check everything the CRD checks, so this is rare: e.g. more than the
+            # allowed metadata entries once a heartbeat's metadata is merged with the old.
+            return bad_request(f"the Kubernetes API server rejected the agent: {exc.describe()}")
+        if exc.status == 404 and exc.reason == "NotFound" and "namespace" in exc.message:
+            return not_found(f"namespace {namespace!r} does not exist")
+        if exc.status in (401, 403):
+            return unavailable(
+                f"the registry is not allowed to write agents in {namespace!r} (check its RBAC): {exc.message}"
+            )
+        if exc.status == 404:
+            return not_found(AGENT_NOT_FOUND)
+        return ApiError(502, f"the Kubernetes API server refused: {exc.message}")
+
+
+def _registration_status(agent_id: str, registered_at: datetime, sequence: int) -> dict[str, Any]:
+    status = AgentStatus(
+        agent_id=agent_id,
+        registered_at=registered_at,
+        last_heartbeat_time=_now(),
+        heartbeat_sequence=sequence,
+        reported_status=ReportedStatus.HEALTHY,
+        heartbeat_source=HEARTBEAT_SOURCE,
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _existing_id(resource: dict[str, Any]) -> str | None:
+    """The id an object already has: its status, else its label if that is a UUID."""
+    status_id = (resource.get("status") or {}).get("agentId")
+    if status_id:
+        return str(status_id)
+    label = ((resource.get("metadata") or {}).get("labels") or {}).get(c.AGENT_ID_LABEL, "")
+    return str(label) if _UUID.match(str(label)) else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _whole_seconds(moment: datetime) -> datetime:
+    """registeredAt in whole seconds: the operator's status initialisation, which may land
+    just after the facade's, writes that precision, so both agree on the value."""
+    return moment.replace(microsecond=0)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,248 @@
+"""``AgentRegistration`` against the real facade, API server, Redis and operator: the original
+interface exactly as existing agents call it, plus the token, the context manager, the
+asyncio variant, and a heartbeat thread that survives outages and re-registers after a 404."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.schema import constants as c
+from agent_sidecar import AgentRegistration
+from agent_sidecar.aio_client import AsyncAgentRegistration
+from agent_sidecar.client import RegistrationError
+from facade_harness import FAST_TIMINGS, FacadeProcess
+from operator_harness import Agents, OperatorProcess, free_port, wait_for
+
+pytest_plugins = ["facade_fixtures"]
+
+
+@pytest.fixture
+def fast_facade(make_facade: Callable[..., FacadeProcess]) -> FacadeProcess:
+    """Tells agents to heartbeat every second."""
+    return make_facade(**FAST_TIMINGS)
+
+
+def sequence(agents: Agents, name: str) -> int:
+    obj = agents.get(name)
+    return int(((obj or {}).get("status") or {}).get("heartbeatSequence") or 0)
+
+
+def heartbeats_arrive(agents: Agents, name: str, count: int = 2, timeout: float = 20) -> None:
+    """Wait until ``count`` more heartbeats have been written into the Agent."""
+    seen = [sequence(agents, name)]
+
+    def more() -> bool:
+        current = sequence(agents, name)
+        if current != seen[-1]:
+            seen.append(current)
+        return len(seen) > count
+
+    wait_for(f"{count} heartbeats of {name}", more, timeout=timeout)
+
+
+def agent_id_of(agents: Agents, name: str) -> str | None:
+    obj = agents.get(name)
+    return None if obj is None else (obj.get("status") or {}).get("agentId")
+
+
+def test_the_original_interface(operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents) -> None:
+    # Exactly as existing agents construct and call it.
+    registration = AgentRegistration(
+        "cost-agent-1",
+        "cost",
+        "10.0.0.7",
+        8001,
+        ["spot_migration", "rightsizing"],
+        orchestrator_url=fast_facade.url,
+        version="2.0.0",
+        metadata={"region": "eu-west-1"},
+    )
+    try:
+        assert registration.register() is True
+        assert registration.agent_id is not None
+        uuid.UUID(registration.agent_id)
+        assert registration.heartbeat_interval == 1
+        obj = agents.get("cost-agent-1")
+        assert obj is not None
+        assert obj["spec"]["capabilities"] == ["spot_migration", "rightsizing"]
+        assert obj["spec"]["version"] == "2.0.0"
+        assert obj["spec"]["metadata"] == {"region": "eu-west-1"}
+
+        registration.start_heartbeat()
+        heartbeats_arrive(agents, "cost-agent-1", count=3)
+        wait_for("Healthy", lambda: agents.phase("cost-agent-1") == "Healthy")
+        assert (agents.get("cost-agent-1") or {})["status"]["heartbeatSource"] == "rest"
+
+        registration.stop_heartbeat_loop()
+        assert registration.running is False
+        assert registration.unregister() is True
+        assert agents.get("cost-agent-1") is None
+        assert registration.agent_id is None
+    finally:
+        registration.close()
+
+
+def test_defaults_match_the_original() -> None:
+    registration = AgentRegistration("a", "cost", "h", 1, [])
+    try:
+        assert registration.orchestrator_url == "http://localhost:8080"
+        assert registration.version == "1.0.0"
+        assert registration.metadata is None
+        assert registration.agent_id is None
+        assert registration.heartbeat_interval == 30
+    finally:
+        registration.close()
+
+
+def test_register_reports_failure_without_raising(fast_facade: FacadeProcess, agents: Agents) -> None:
+    nowhere = AgentRegistration("a", "cost", "h", 1, [], orchestrator_url=f"http://127.0.0.1:{free_port()}")
+    invalid = AgentRegistration("Not_A_Name", "cost", "h", 1, [], orchestrator_url=fast_facade.url)
+    try:
+        assert nowhere.register() is False
+        assert invalid.register() is False
+        assert invalid.agent_id is None
+        assert nowhere.unregister() is False  # never registered
+    finally:
+        nowhere.close()
+        invalid.close()
+    assert agents.list() == []
+
+
+def test_a_404_mid_run_registers_again(operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents) -> None:
+    registration = AgentRegistration("perf-1", "performance", "10.0.0.8", 8002, ["latency"], fast_facade.url)
+    try:
+        assert registration.register()
+        first_id = registration.agent_id
+        registration.start_heartbeat()
+        heartbeats_arrive(agents, "perf-1")
+
+        agents.delete("perf-1")  # as if garbage-collected while the agent could not heartbeat
+
+        wait_for("a new Agent", lambda: (i := agent_id_of(agents, "perf-1")) is not None and i != first_id)
+        wait_for("the client to know its new id", lambda: registration.agent_id == agent_id_of(agents, "perf-1"))
+        assert registration.agent_id != first_id
+        heartbeats_arrive(agents, "perf-1")
+    finally:
+        registration.unregister()
+        registration.close()
+    assert agents.get("perf-1") is None
+
+
+def test_heartbeats_survive_a_registry_outage(
+    make_facade: Callable[..., FacadeProcess], agents: Agents, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_facade(**FAST_TIMINGS)
+    registration = AgentRegistration("cost-1", "cost", "h", 1, [], first.url)
+    try:
+        assert registration.register()
+        registration.start_heartbeat()
+        heartbeats_arrive(agents, "cost-1")
+
+        caplog.set_level(logging.WARNING, logger="agent_sidecar.client")
+        assert first.stop() == 0
+        wait_for("a failed heartbeat", lambda: any("heartbeat of cost-1 failed" in r.message for r in caplog.records))
+        before = sequence(agents, "cost-1")
+        make_facade(port=first.port, **FAST_TIMINGS)  # the same address, like a restarted Service
+        wait_for("heartbeats to resume", lambda: sequence(agents, "cost-1") > before, timeout=30)
+        assert registration.running
+    finally:
+        registration.unregister()
+        registration.close()
+
+
+def test_context_manager(fast_facade: FacadeProcess, agents: Agents) -> None:
+    with AgentRegistration("cost-1", "cost", "h", 1, ["x"], fast_facade.url) as registration:
+        assert registration.agent_id == agent_id_of(agents, "cost-1")
+        heartbeats_arrive(agents, "cost-1")
+    assert agents.get("cost-1") is None
+    with (
+        pytest.raises(RegistrationError),
+        AgentRegistration("Bad_Name", "cost", "h", 1, [], fast_facade.url),
+    ):
+        pass
+
+
+def test_status_provider_reports_health(operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents) -> None:
+    state = {"status": "healthy"}
+    with AgentRegistration("cost-1", "cost", "h", 1, [], fast_facade.url, status_provider=lambda: state["status"]):
+        wait_for("Healthy", lambda: agents.phase("cost-1") == "Healthy")
+        state["status"] = "degraded"
+        wait_for("Degraded", lambda: agents.phase("cost-1") == "Degraded")
+
+
+def test_bearer_token_and_token_file(
+    make_facade: Callable[..., FacadeProcess],
+    controlplane: LocalControlPlane,
+    namespace: str,
+    agents: Agents,
+    tmp_path: Path,
+) -> None:
+    rules = [
+        {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "create", "update", "delete"]},
+        {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"]},
+    ]
+    controlplane.kubectl("create", "serviceaccount", "agent", "-n", namespace)
+    role = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "agent", "namespace": namespace},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "agent", "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+                "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
+            },
+        ],
+    }
+    controlplane.kubectl("apply", "-f", "-", input=json.dumps(role))
+    token = controlplane.kubectl("create", "token", "agent", "-n", namespace).stdout.strip()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    facade = make_facade(auth=True, **FAST_TIMINGS)
+
+    anonymous = AgentRegistration("cost-0", "cost", "h", 1, [], facade.url)
+    try:
+        assert anonymous.register() is False
+    finally:
+        anonymous.close()
+    with AgentRegistration("cost-1", "cost", "h", 1, [], facade.url, token=token):
+        heartbeats_arrive(agents, "cost-1")
+    with AgentRegistration("cost-2", "cost", "h", 1, [], facade.url, token_file=token_file):
+        heartbeats_arrive(agents, "cost-2")
+    assert agents.list() == []
+
+
+async def test_the_asyncio_variant(operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents) -> None:
+    async def wait(what: str, probe: Callable[[], Any], timeout: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await asyncio.to_thread(probe):
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.2)
+
+    async with AsyncAgentRegistration("async-1", "cost", "h", 1, ["x"], fast_facade.url) as registration:
+        first_id = registration.agent_id
+        start = sequence(agents, "async-1")
+        await wait("heartbeats", lambda: sequence(agents, "async-1") > start)
+        await wait("Healthy", lambda: agents.phase("async-1") == "Healthy")
+        assert await registration.send_heartbeat("degraded", {"queue": 3}) is True
+
+        agents.delete("async-1")
+        await wait("a new Agent", lambda: agent_id_of(agents, "async-1") not in (None, first_id))
+        await wait("the new id", lambda: registration.agent_id == agent_id_of(agents, "async-1"))
+    assert agents.get("async-1") is None

@@ -1,0 +1,209 @@
+"""Authentication (TokenReview) and authorisation (SubjectAccessReview against RBAC on `agents`),
+with real service accounts, tokens, Roles and RoleBindings on the real API server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.schema import constants as c
+from facade_harness import FacadeProcess, registration
+from operator_harness import Agents, wait_for
+
+pytest_plugins = ["facade_fixtures"]
+
+WRITER_RULES = [
+    {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "list", "create", "update", "delete"]},
+    {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"]},
+]
+READER_RULES = [{"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "list"]}]
+
+
+class Cluster:
+    """Service accounts and RBAC in one namespace, through kubectl."""
+
+    def __init__(self, controlplane: LocalControlPlane, namespace: str) -> None:
+        self.cp = controlplane
+        self.namespace = namespace
+
+    def token(self, account: str) -> str:
+        self.cp.kubectl("create", "serviceaccount", account, "-n", self.namespace)
+        return self.cp.kubectl("create", "token", account, "-n", self.namespace).stdout.strip()
+
+    def grant(self, account: str, rules: list[dict[str, Any]], role: str | None = None) -> None:
+        role = role or f"{account}-role"
+        manifests = [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": role, "namespace": self.namespace},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": role, "namespace": self.namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.namespace}],
+            },
+        ]
+        self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+
+
+@pytest.fixture
+def cluster(controlplane: LocalControlPlane, namespace: str) -> Cluster:
+    return Cluster(controlplane, namespace)
+
+
+@pytest.fixture
+def secured(make_facade: Callable[..., FacadeProcess]) -> FacadeProcess:
+    # Decisions are not cached, so each check below sees RBAC as it is now.
+    return make_facade(auth=True, auth_cache_seconds=0)
+
+
+def user(namespace: str, account: str) -> str:
+    return f"system:serviceaccount:{namespace}:{account}"
+
+
+def assert_error(response: httpx.Response, status: int, *mentions: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    for mention in mentions:
+        assert mention in error, (mention, error)
+
+
+UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
+
+
+def test_no_or_bad_token_is_401(secured: FacadeProcess, agents: Agents) -> None:
+    with secured.client() as anonymous:
+        for method, path, body in [
+            ("POST", "/agents/register", registration("a")),
+            ("GET", "/agents", None),
+            ("GET", f"/agents/{UNKNOWN}", None),
+            ("POST", f"/agents/{UNKNOWN}/heartbeat", {"status": "healthy"}),
+            ("POST", f"/agents/{UNKNOWN}/unregister", None),
+            ("GET", "/agents/route?type=cost", None),
+        ]:
+            response = anonymous.request(method, path, json=body)
+            assert_error(response, 401, "missing bearer token")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        # Authentication comes first: an anonymous caller learns nothing about its body.
+        assert_error(anonymous.post("/agents/register", json={"name": "Bad_Name"}), 401)
+    with secured.client(token="not-a-real-token") as forged:
+        assert_error(forged.get("/agents"), 401, "not valid")
+    with secured.client() as basic:
+        assert_error(basic.get("/agents", headers={"Authorization": "Basic dXNlcjpwdw=="}), 401, "Bearer <token>")
+    assert agents.list() == []
+
+
+def test_probes_metrics_and_docs_need_no_token(secured: FacadeProcess) -> None:
+    with secured.client() as anonymous:
+        for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs"):
+            assert anonymous.get(path).status_code == 200, path
+
+
+def test_a_service_account_without_rbac_is_403(secured: FacadeProcess, cluster: Cluster, namespace: str) -> None:
+    token = cluster.token("nobody")
+    with secured.client(token=token) as http:
+        assert_error(
+            http.post("/agents/register", json=registration("a")),
+            403,
+            user(namespace, "nobody"),
+            "may not create agents",
+            namespace,
+        )
+        assert_error(http.get("/agents"), 403, "may not list agents")
+        assert_error(http.get("/agents/healthy"), 403, "may not list agents")
+
+
+def test_with_rbac_the_whole_lifecycle_works(
+    secured: FacadeProcess, cluster: Cluster, agents: Agents, namespace: str
+) -> None:
+    cluster.grant("cost-agent", WRITER_RULES)
+    with secured.client(token=cluster.token("cost-agent")) as http:
+        response = http.post("/agents/register", json=registration("cost-1"))
+        assert response.status_code == 201, response.text
+        agent_id = response.json()["agent_id"]
+        assert http.post("/agents/register", json=registration("cost-1", port=9)).json()["agent_id"] == agent_id
+        assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "degraded"}).status_code == 200
+        assert http.get(f"/agents/{agent_id}").json()["status"] == "degraded"
+        assert http.get("/agents").json()["count"] == 1
+        assert http.post(f"/agents/{agent_id}/unregister").status_code == 200
+    assert agents.get("cost-1") is None
+
+
+def test_a_read_only_role_reads_but_cannot_write(
+    secured: FacadeProcess, cluster: Cluster, agents: Agents, namespace: str
+) -> None:
+    cluster.grant("writer", WRITER_RULES)
+    cluster.grant("reader", READER_RULES)
+    with secured.client(token=cluster.token("writer")) as writer:
+        agent_id = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
+    with secured.client(token=cluster.token("reader")) as reader:
+        assert reader.get("/agents").json()["count"] == 1
+        assert reader.get(f"/agents/{agent_id}").json()["name"] == "cost-1"
+        assert_error(reader.post("/agents/register", json=registration("cost-2")), 403, "may not create agents")
+        assert_error(
+            reader.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}),
+            403,
+            "may not patch agents/status 'cost-1'",
+        )
+        assert_error(reader.post(f"/agents/{agent_id}/unregister"), 403, "may not delete agents 'cost-1'")
+    assert [o["metadata"]["name"] for o in agents.list()] == ["cost-1"]
+
+
+def test_rbac_resource_names_limit_which_agent_a_token_may_heartbeat(secured: FacadeProcess, cluster: Cluster) -> None:
+    cluster.grant("writer", WRITER_RULES)
+    with secured.client(token=cluster.token("writer")) as writer:
+        ids = {name: writer.post("/agents/register", json=registration(name)).json()["agent_id"] for name in "ab"}
+    cluster.grant(
+        "agent-a",
+        [{"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"], "resourceNames": ["a"]}],
+    )
+    with secured.client(token=cluster.token("agent-a")) as agent_a:
+        assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
+        assert_error(agent_a.post(f"/agents/{ids['b']}/heartbeat", json={"status": "healthy"}), 403, "'b'")
+
+
+def test_a_role_in_one_namespace_does_not_reach_another(
+    controlplane: LocalControlPlane, secured: FacadeProcess, cluster: Cluster, namespace: str
+) -> None:
+    other = controlplane.create_namespace(f"{namespace[:50]}-other")
+    try:
+        cluster.grant("writer", WRITER_RULES)
+        with secured.client(token=cluster.token("writer")) as http:
+            assert http.get("/agents").status_code == 200
+            assert_error(http.get("/agents", params={"namespace": other}), 403, f"in namespace {other!r}")
+            assert_error(http.post("/agents/register", json=registration("a"), params={"namespace": other}), 403, other)
+    finally:
+        controlplane.delete_namespace(other)
+
+
+def test_granting_a_role_takes_effect_without_waiting_for_a_cache(secured: FacadeProcess, cluster: Cluster) -> None:
+    token = cluster.token("late")
+    with secured.client(token=token) as http:
+        assert http.get("/agents").status_code == 403
+        cluster.grant("late", READER_RULES)
+        # The API server's RBAC informer needs a moment; the facade caches no denial.
+        wait_for("the new Role to apply", lambda: http.get("/agents").status_code == 200, timeout=10)
+
+
+def test_decisions_are_cached_for_repeated_calls(make_facade: Callable[..., FacadeProcess], cluster: Cluster) -> None:
+    facade = make_facade(auth=True, auth_cache_seconds=60)
+    cluster.grant("writer", WRITER_RULES)
+    with facade.client(token=cluster.token("writer")) as http:
+        agent_id = http.post("/agents/register", json=registration("a")).json()["agent_id"]
+        for _ in range(5):
+            assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}).status_code == 200
+        metrics = http.get("/metrics").text
+    # One token review and a handful of access reviews, not two per request.
+    allowed = next(
+        line for line in metrics.splitlines() if line.startswith('agent_registry_facade_auth_total{result="allowed"}')
+    )
+    assert float(allowed.rsplit(" ", 1)[1]) <= 3, allowed
