@@ -337,7 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Fleet: heartbeat every {fleet['interval_seconds']} s, "
         f"Unreachable after {fleet['unreachable_after_seconds']} s, "
         f"sweep {fleet['sweep_seconds']} s; facade authentication {'on' if fleet['facade_auth'] else 'off'}"
-        f"{'; facade with the proposed fixes (bench/facade_fixes)' if fleet.get('facade_fixes') else ''}. "
+        ". "
         f"Selective query `{_q(fleet['selective_query'])}` matches "
         + ", ".join(f"{r['fleet']['selective_matches']}" for r in runs)
         + " agents; broad query `"

@@ -225,9 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     sizes = [int(part) for part in args.agents.split(",") if part.strip()]
     facade_env = dict(item.split("=", 1) for item in args.facade_env)
-    if args.facade_fixes:
-        fixes = str(REPO / "bench" / "facade_fixes")
-        facade_env["PYTHONPATH"] = os.pathsep.join(p for p in (fixes, facade_env.get("PYTHONPATH", "")) if p)
     path = results_path(args.results_dir, args.name)
     profile_dir = path.parent / f"{path.stem}-profiles"
     if args.profile_seconds > 0:
@@ -244,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         sample=args.sample,
         matches=args.matches,
         facade_auth=args.facade_auth == "on",
-        facade_fixes=args.facade_fixes,
         keep_logs=args.keep_logs,
         facade_env=facade_env or None,
         profile_seconds=args.profile_seconds,

@@ -75,7 +75,6 @@ class Options:
     sample: int = 30
     matches: int = 20
     facade_auth: bool = True
-    facade_fixes: bool = False
     setup_timeout: float = 1200.0
     keep_logs: bool = False
     facade_env: dict[str, str] | None = None
@@ -151,7 +150,6 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         "broad_matches": fleet.expected_matches(fleet.broad_query),
         "unreachable_sample": len(fleet.sample),
         "facade_auth": options.facade_auth,
-        "facade_fixes": options.facade_fixes,
     }
     reporter = Reporter(sampler)
     ssl_context = stack.api_ssl_context()

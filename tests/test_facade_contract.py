@@ -453,6 +453,11 @@ def test_read_your_writes_while_the_index_lags(
             assert [a["name"] for a in http.get("/agents", params={"capability": "fresh"}).json()["agents"]] == [
                 "new-agent"
             ]
+            # A routine heartbeat of an agent the index lacks keeps it in query answers.
+            assert http.post(f"/agents/{new}/heartbeat", json={"status": "healthy"}).status_code == 200
+            assert [a["name"] for a in http.get("/agents", params={"capability": "fresh"}).json()["agents"]] == [
+                "new-agent"
+            ]
 
             http.post(f"/agents/{old}/heartbeat", json={"status": "degraded", "metadata": {"v": 2}})
             view = http.get(f"/agents/{old}").json()

@@ -45,6 +45,8 @@
   value: {{ $facade.redis.timeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_RETRY_SECONDS
   value: {{ $facade.redis.retrySeconds | quote }}
+- name: AGENT_REGISTRY_FACADE_REDIS_MAX_CONNECTIONS
+  value: {{ $facade.redis.maxConnections | quote }}
 - name: AGENT_REGISTRY_FACADE_KUBE_TIMEOUT_SECONDS
   value: {{ $facade.kubeTimeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_READ_YOUR_WRITES_SECONDS

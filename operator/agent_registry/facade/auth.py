@@ -125,7 +125,14 @@ class Authenticator:
         name: str | None = None,
         subresource: str | None = None,
     ) -> None:
-        """Raise 403 unless RBAC lets ``caller`` do ``verb`` on agents (``/subresource``) in ``namespace``."""
+        """Raise 403 unless RBAC lets ``caller`` do ``verb`` on agents (``/subresource``) in ``namespace``.
+
+        A caller allowed on every agent of the namespace is allowed on each one: that is asked
+        first, one cached decision per caller and verb, rather than one review per agent name
+        (heartbeats come every 30 s, past the cache, so per-name decisions cost a review per
+        heartbeat). Only when the namespace-wide answer is no is the name asked about, for
+        Roles that list ``resourceNames``.
+        """
         if not self.enabled:
             return
         attributes: dict[str, str] = {
@@ -137,18 +144,9 @@ class Authenticator:
         }
         if subresource:
             attributes["subresource"] = subresource
-        if name:
-            attributes["name"] = name
-        key = (caller, tuple(sorted(attributes.items())))
-        if self._allowed.get(key):
-            return
-        try:
-            allowed, reason = await self._single_flight(("sar", key), lambda: self._access_review(caller, attributes))
-        except KubeUnavailable as exc:
-            if self._allowed.get(key, outage=True):
-                return
-            metrics.AUTH.labels(result="error").inc()
-            raise unavailable(f"cannot check permissions: the Kubernetes API server is unavailable ({exc})") from exc
+        allowed, reason = await self._decide(caller, attributes)
+        if not allowed and name:
+            allowed, reason = await self._decide(caller, {**attributes, "name": name})
         if not allowed:
             # Denials are not cached: granting a Role should take effect at once.
             metrics.AUTH.labels(result="denied").inc()
@@ -156,8 +154,22 @@ class Authenticator:
             target = f" {name!r}" if name else ""
             message = f"{caller.user} may not {verb} {resource}{target} in namespace {namespace!r}"
             raise ApiError(403, message + (f": {reason}" if reason else ""))
-        metrics.AUTH.labels(result="allowed").inc()
-        self._allowed.put(key, True)
+
+    async def _decide(self, caller: Caller, attributes: dict[str, str]) -> tuple[bool, str]:
+        key = (caller, tuple(sorted(attributes.items())))
+        if self._allowed.get(key):
+            return True, ""
+        try:
+            allowed, reason = await self._single_flight(("sar", key), lambda: self._access_review(caller, attributes))
+        except KubeUnavailable as exc:
+            if self._allowed.get(key, outage=True):
+                return True, ""
+            metrics.AUTH.labels(result="error").inc()
+            raise unavailable(f"cannot check permissions: the Kubernetes API server is unavailable ({exc})") from exc
+        if allowed:
+            metrics.AUTH.labels(result="allowed").inc()
+            self._allowed.put(key, True)
+        return allowed, reason
 
     async def _review(self, token: str) -> Caller:
         try:

@@ -4,6 +4,13 @@ The operator owns the index and updates it from its watch, normally within milli
 of a write; until then the index lacks a new agent or shows an old version. The facade
 remembers the object the API server returned for each of its writes (or that it deleted
 one) and prefers it while the index is older, for at most ``read_your_writes_seconds``.
+
+Every query walks the writes of its namespace, so only writes that can change a query's
+answer are kept for queries: registrations, deletes, and heartbeats that change the phase
+or the metadata. A routine heartbeat (same status, no metadata) only moves ``last_seen``;
+keeping it cost each query one look at every heartbeat of the last few seconds (at 333
+heartbeats/s, most of a query's CPU: see docs/performance.md). ``GET /agents/{id}`` still
+sees every write.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ class RecentWrite:
     resource: dict[str, Any] | None
     """The object as the API server returned it after the write; None after a delete."""
     expires: float
+    in_queries: bool = True
+    """Whether queries must look at this write (see the module docstring)."""
 
     @property
     def deleted(self) -> bool:
@@ -41,8 +50,15 @@ class RecentWrites:
         self._by_id: OrderedDict[str, RecentWrite] = OrderedDict()
         self._by_namespace: dict[str, dict[str, RecentWrite]] = {}
 
-    def wrote(self, agent_id: str, namespace: str, name: str, resource: dict[str, Any]) -> None:
-        self._put(RecentWrite(agent_id, namespace, name, _slim(resource), time.monotonic() + self.ttl))
+    def wrote(
+        self, agent_id: str, namespace: str, name: str, resource: dict[str, Any], *, changes_queries: bool = True
+    ) -> None:
+        """Remember a write; ``changes_queries=False`` for one no query can tell apart from the
+        version before it. A write that replaces one queries still need (a registration the
+        index has not caught up with) stays visible to them."""
+        previous = self.get(agent_id)
+        in_queries = changes_queries or (previous is not None and previous.in_queries and not previous.deleted)
+        self._put(RecentWrite(agent_id, namespace, name, _slim(resource), time.monotonic() + self.ttl, in_queries))
 
     def deleted(self, agent_id: str, namespace: str, name: str) -> None:
         self._put(RecentWrite(agent_id, namespace, name, None, time.monotonic() + self.ttl))
@@ -60,6 +76,7 @@ class RecentWrites:
         return entry
 
     def in_namespace(self, namespace: str) -> Iterator[RecentWrite]:
+        """The live writes in ``namespace`` that queries must look at."""
         now = time.monotonic()
         entries = self._by_namespace.get(namespace, {})
         for entry in list(entries.values()):
@@ -73,7 +90,8 @@ class RecentWrites:
             return
         self.forget(entry.agent_id)
         self._by_id[entry.agent_id] = entry
-        self._by_namespace.setdefault(entry.namespace, {})[entry.agent_id] = entry
+        if entry.in_queries:
+            self._by_namespace.setdefault(entry.namespace, {})[entry.agent_id] = entry
         while len(self._by_id) > _MAX_ENTRIES:
             oldest = next(iter(self._by_id))
             self.forget(oldest)

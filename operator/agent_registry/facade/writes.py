@@ -33,7 +33,13 @@ from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.settings import FacadeSettings
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
-from agent_registry.schema.rest import HeartbeatRequest, HeartbeatResponse, RegistrationRequest, RegistrationResponse
+from agent_registry.schema.rest import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegistrationRequest,
+    RegistrationResponse,
+    rest_status,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -217,7 +223,9 @@ class Writes:
             # again, which is right: it gets the live agent's id.
             self.recent.forget(agent.agent_id)
             raise not_found()
-        self.recent.wrote(agent.agent_id, agent.namespace, agent.name, resource)
+        self.recent.wrote(
+            agent.agent_id, agent.namespace, agent.name, resource, changes_queries=_changes_queries(resource, request)
+        )
         metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
         interval = ((resource.get("spec") or {}).get("heartbeat") or {}).get("intervalSeconds")
         return HeartbeatResponse(
@@ -308,3 +316,12 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _changes_queries(resource: dict[str, Any], request: HeartbeatRequest) -> bool:
+    """Whether a heartbeat can change what a query answers: new metadata, or a reported
+    status other than the phase the index shows (the operator will change the phase)."""
+    if request.metadata:
+        return True
+    phase = (resource.get("status") or {}).get("phase")
+    return phase is None or rest_status(str(phase)) != request.status.value
