@@ -506,6 +506,7 @@ async def _discovery(
     ]
     # Saturation: how many answers per second the facade gives with 32 callers back to back.
     # Measured first, while no backlog from an overloaded fixed-rate series lingers.
+    profile = _start_profile(stack, options, "discovery", fleet.n)
     for name, path, query in series[:2]:
         await _settle_facade(facade, path, query)
         recorder = Recorder(f"{name}_saturation")
@@ -519,6 +520,7 @@ async def _discovery(
         sampler.end(f"saturation_{name}")
         result[f"{name}_saturation"] = {**recorder.summary(), "usage": sampler.summary(f"saturation_{name}")}
         progress(f"  {name} saturation: {recorder.summary()['throughput_per_s']}/s")
+    _finish_profile(profile)
 
     for name, path, query in series:
         progress(

@@ -30,7 +30,9 @@ _BEARER = HTTPBearer(
 )
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+    # hand-off on every request (measured: docs/performance.md).
     registry: Registry = request.app.state.registry
     return registry
 

@@ -56,12 +56,20 @@ def written_view(write: RecentWrite) -> AgentView | None:
     the phase the agent reported (the agent just proved it is reachable), so show that
     rather than make the client wait for the operator to read its own write back.
     """
-    if write.resource is None:
+    if not write.view_known:
+        write.view = _reported_view(write.resource)
+        write.view_known = True
+    view: AgentView | None = write.view
+    return view
+
+
+def _reported_view(resource: dict[str, Any] | None) -> AgentView | None:
+    if resource is None:
         return None
-    view = view_of(write.resource)
+    view = view_of(resource)
     if view is None:
         return None
-    status = AgentStatus.model_validate(write.resource.get("status") or {})
+    status = AgentStatus.model_validate(resource.get("status") or {})
     if status.reported_status is not None:
         view = view.model_copy(update={"status": status.reported_status.value})
     return view

@@ -18,13 +18,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _MAX_ENTRIES = 50_000
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RecentWrite:
     agent_id: str
     namespace: str
@@ -34,6 +34,10 @@ class RecentWrite:
     expires: float
     in_queries: bool = True
     """Whether queries must look at this write (see the module docstring)."""
+    view: Any = field(default=None, repr=False)
+    """The REST view of ``resource``, computed once by ``reads.written_view``: every query
+    of the namespace looks at this write while it lives."""
+    view_known: bool = field(default=False, repr=False)
 
     @property
     def deleted(self) -> bool:

@@ -46,8 +46,30 @@ def text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _parse(raw: Any) -> IndexedAgent:
-    return IndexedAgent.model_validate_json(raw)
+_PARSED_ENTRIES = 10_000
+
+
+class _ParsedRecords:
+    """Records parsed lately, by their exact JSON.
+
+    A discovery query returns the same records again and again (an agent's record changes
+    once per heartbeat interval), and parsing them was most of a query's CPU. Records are
+    frozen, so one parsed copy can be shared; the oldest entries make room first.
+    """
+
+    def __init__(self, size: int = _PARSED_ENTRIES) -> None:
+        self.size = size
+        self._records: dict[str, IndexedAgent] = {}
+
+    def parse(self, raw: str | bytes) -> IndexedAgent:
+        key = text(raw)
+        record = self._records.get(key)
+        if record is None:
+            record = IndexedAgent.model_validate_json(key)
+            while len(self._records) >= self.size:
+                del self._records[next(iter(self._records))]
+            self._records[key] = record
+        return record
 
 
 def _no_index(reply: Any) -> bool:
@@ -69,6 +91,7 @@ class IndexReader:
         self._get_by_name = redis.register_script(scripts.GET_BY_NAME)
         self._query = redis.register_script(scripts.QUERY)
         self._is_intact = redis.register_script(scripts.IS_INTACT)
+        self._parsed = _ParsedRecords()
 
     async def get(self, agent_id: str) -> IndexedAgent | None:
         with translated_errors():
@@ -100,7 +123,7 @@ class IndexReader:
             )
             if _no_index(reply):
                 raise IndexLost("no index in redis")
-            records = [_parse(raw) for raw in reply]
+            records = [self._parsed.parse(raw) for raw in reply]
         records.sort(key=lambda record: (record.name, record.namespace))
         return records
 
@@ -133,11 +156,10 @@ class IndexReader:
         with translated_errors():
             return bool(await self.redis.ping())
 
-    @staticmethod
-    def _one(reply: Any) -> IndexedAgent | None:
+    def _one(self, reply: Any) -> IndexedAgent | None:
         if _no_index(reply):
             raise IndexLost("no index in redis")
-        return None if reply is None else _parse(reply)
+        return None if reply is None else self._parsed.parse(reply)
 
     @staticmethod
     def _valid_scope(namespace: str | None) -> bool:
