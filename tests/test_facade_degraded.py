@@ -57,6 +57,19 @@ def readiness(http: httpx.Client) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
+def fallback_lists(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("agent_registry_facade_fallback_lists_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def concurrent_queries(facade: FacadeProcess, count: int) -> list[list[str]]:
+    async with httpx.AsyncClient(base_url=facade.url, timeout=30, trust_env=False) as client:
+        responses = await asyncio.gather(*(client.get("/agents") for _ in range(count)))
+    return [[agent["name"] for agent in response.json()["agents"]] for response in responses]
+
+
 def ready(http: httpx.Client) -> bool:
     code, body = readiness(http)
     return code == 200 and body["status"] == "ready"
@@ -103,6 +116,12 @@ def test_redis_down_reads_stay_correct(
         assert names(http) == ["cost-a", "new-c", "perf-b"]
         assert http.post(f"/agents/{new}/unregister").status_code == 200
         assert names(http) == ["cost-a", "perf-b"]
+
+        # Concurrent queries share LISTs of the API server instead of one each.
+        before = fallback_lists(http)
+        answers = asyncio.run(concurrent_queries(facade, 40))
+        assert all(answer == ["cost-a", "perf-b"] for answer in answers), answers
+        assert fallback_lists(http) - before < 40
         facade.check_alive()
     finally:
         redis_server.start()

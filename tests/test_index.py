@@ -22,7 +22,7 @@ from agent_registry.index import (
     record_from_resource,
 )
 from agent_registry.index import keys as k
-from agent_registry.index.reader import RedisClient
+from agent_registry.index.reader import RedisClient, _ParsedRecords
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
@@ -564,3 +564,16 @@ async def test_a_resync_that_redis_loses_midway_fails(writer: IndexWriter, clien
             await client.flushall()  # a restart without persistence, mid-resync
             await resync.load(fleet(10, "after"))
     assert not await writer.is_intact()
+
+
+def test_parsed_records_are_shared_per_json_and_bounded() -> None:
+    parsed = _ParsedRecords(size=2)
+    a, b, c = (record(name).model_dump_json() for name in ("a", "b", "c"))
+    first = parsed.parse(a)
+    assert parsed.parse(a) is first  # the same JSON: parsed once
+    assert parsed.parse(a.encode()) is first  # bytes from a client that does not decode
+    assert parsed.parse(changed(first, status="degraded").model_dump_json()).agent.status == "degraded"
+    parsed.parse(b)
+    parsed.parse(c)
+    assert parsed.parse(a) is not first  # the oldest made room
+    assert parsed.parse(a) == first

@@ -28,6 +28,9 @@ READS = Counter(
     "the agent), or this process's own recent writes.",
     ["source"],
 )
+FALLBACK_LISTS = Counter(
+    f"{_NS}_fallback_lists_total", "LISTs of every agent of a namespace, shared by the queries that fell back to them."
+)
 INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.")
 KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.")
 AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"])

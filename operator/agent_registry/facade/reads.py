@@ -4,10 +4,16 @@ Redis is a cache. When it is down, slow, or holds no index (the operator has not
 yet, or it was flushed), every read is answered from the API server with the same
 filters, so answers stay correct, only slower. When the API server is down too, there is
 nothing left to answer from, and reads get 503.
+
+The fallback LIST is shared: queries of a namespace that arrive while one is in flight
+wait for it instead of starting their own. Without that, an overloaded facade (whose
+Redis calls time out because its own event loop lags) turned every query into a LIST of
+every agent, and at 3,000 agents grew to 3.6 GB within minutes (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -116,11 +122,18 @@ class IndexAccess:
         return result
 
 
+@dataclass
+class _Listing:
+    started: float
+    task: asyncio.Future[list[AgentView]]
+
+
 class Reads:
     def __init__(self, kube: Kube, index: IndexAccess, recent: RecentWrites) -> None:
         self.kube = kube
         self.index = index
         self.recent = recent
+        self._listings: dict[str, _Listing] = {}
 
     async def locate(self, namespace: str, agent_id: str) -> Located | None:
         """The agent with this id in this namespace, or None."""
@@ -221,15 +234,40 @@ class Reads:
         # Filter here rather than by the type label: the operator sets that label, and an
         # agent it has not seen yet must not be missing from the answer.
         try:
-            resources = await self.kube.list_agents(namespace)
+            views = await self._every_agent(namespace)
         except KubeUnavailable as exc:
             metrics.KUBE_ERRORS.inc()
             raise unavailable(
                 f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
             ) from exc
         metrics.READS.labels(source="api").inc()
-        views = (view_of(resource) for resource in resources)
-        return _sorted(v for v in views if v is not None and matches(v, agent_type, capabilities, status))
+        return _sorted(v for v in views if matches(v, agent_type, capabilities, status))
+
+    async def _every_agent(self, namespace: str) -> list[AgentView]:
+        """Every agent of the namespace from the API server, one LIST shared by concurrent callers.
+
+        A LIST that started before this process's latest write may not show it, so a caller
+        joins only a LIST that started after it (read-your-writes holds in the fallback too).
+        The LIST runs as its own task: a caller that hangs up does not cancel it for the others.
+        """
+        listing = self._listings.get(namespace)
+        if listing is None or listing.started < self.recent.last_write:
+            listing = _Listing(time.monotonic(), asyncio.ensure_future(self._list_views(namespace)))
+            self._listings[namespace] = listing
+            listing.task.add_done_callback(lambda done: self._listed(namespace, done))
+        return await asyncio.shield(listing.task)
+
+    async def _list_views(self, namespace: str) -> list[AgentView]:
+        metrics.FALLBACK_LISTS.inc()
+        resources = await self.kube.list_agents(namespace)
+        return [view for view in map(view_of, resources) if view is not None]
+
+    def _listed(self, namespace: str, task: asyncio.Future[list[AgentView]]) -> None:
+        listing = self._listings.get(namespace)
+        if listing is not None and listing.task is task:
+            del self._listings[namespace]
+        if not task.cancelled():
+            task.exception()  # retrieved, so an outcome nobody awaited is not logged as lost
 
 
 def _located(agent_id: str, resource: dict[str, Any] | None, write: RecentWrite | None = None) -> Located | None:

@@ -53,6 +53,8 @@ class RecentWrites:
         self.ttl = ttl_seconds
         self._by_id: OrderedDict[str, RecentWrite] = OrderedDict()
         self._by_namespace: dict[str, dict[str, RecentWrite]] = {}
+        self.last_write = 0.0
+        """When this process last wrote (``time.monotonic()``), for reads that must not predate it."""
 
     def wrote(
         self, agent_id: str, namespace: str, name: str, resource: dict[str, Any], *, changes_queries: bool = True
@@ -90,6 +92,7 @@ class RecentWrites:
                 yield entry
 
     def _put(self, entry: RecentWrite) -> None:
+        self.last_write = time.monotonic()
         if self.ttl <= 0:
             return
         self.forget(entry.agent_id)
