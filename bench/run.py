@@ -1,6 +1,7 @@
 """Run the benchmark at each N and write ``bench/results/<date>.json`` and ``.md``.
 
-    python -m bench                                  # N = 1000, 3000, 10000; about 40 minutes
+    python -m bench                                  # N = 1000, 3000, 10000; about 13 minutes per N that fits
+                                                     # the machine (10,000 does not fit on 2 cores: docs/performance.md)
     python -m bench --agents 1000 --heartbeat-seconds 60
     python bench/run.py --help
 
