@@ -140,8 +140,24 @@ class LocalControlPlane:
         if self._apiserver is not None and self._apiserver.running:
             self._wait_apiserver_ready(self._apiserver)
 
+    def pause(self, component: str) -> None:
+        """SIGSTOP ``"kube-apiserver"`` or ``"etcd"``: connections stay open, nothing answers."""
+        self._component(component).pause()
+
+    def resume(self, component: str) -> None:
+        self._component(component).resume()
+
+    def _component(self, component: str) -> ManagedProcess:
+        processes = {"kube-apiserver": self._apiserver, "etcd": self._etcd}
+        if component not in processes:
+            raise ValueError(f"component must be one of {sorted(processes)}, not {component!r}")
+        return self._require(processes[component])
+
     def ensure_running(self) -> None:
-        """Start whichever server a fault test left stopped, etcd first."""
+        """Start whichever server a fault test left stopped or paused, etcd first."""
+        for process in (self._etcd, self._apiserver):
+            if process is not None:
+                process.resume()
         if not self._require(self._etcd).running:
             self.start_etcd()
         if not self._require(self._apiserver).running:

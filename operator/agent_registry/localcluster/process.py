@@ -114,6 +114,18 @@ class ManagedProcess:
         """SIGKILL at once: a crash, as fault tests want it."""
         self._terminate(signal.SIGKILL, 0.0)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing, as a stalled server does."""
+        if self.running and self._popen is not None:
+            self._note("SIGSTOP (paused by a fault test)")
+            self._signal_group(self._popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        if self.running and self._popen is not None:
+            self._signal_group(self._popen.pid, signal.SIGCONT)
+            self._note("SIGCONT (resumed)")
+
     def _terminate(self, sig: signal.Signals, grace_seconds: float) -> None:
         popen = self._popen
         if popen is None:
@@ -121,6 +133,8 @@ class ManagedProcess:
         # A leader that exited on its own may have been reaped long ago and its pid reused:
         # only signal groups whose leader we have just seen alive.
         if popen.poll() is None:
+            # A paused server would never act on SIGTERM.
+            self._signal_group(popen.pid, signal.SIGCONT)
             self._signal_group(popen.pid, sig)
             try:
                 popen.wait(timeout=grace_seconds if sig != signal.SIGKILL else 10.0)
