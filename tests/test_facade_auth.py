@@ -152,9 +152,9 @@ def test_a_read_only_role_reads_but_cannot_write(
         assert_error(
             reader.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}),
             403,
-            "may not patch agents/status 'cost-1'",
+            f"may not patch agents/status in namespace {namespace!r} (agent id {agent_id})",
         )
-        assert_error(reader.post(f"/agents/{agent_id}/unregister"), 403, "may not delete agents 'cost-1'")
+        assert_error(reader.post(f"/agents/{agent_id}/unregister"), 403, "may not delete agents")
     assert [o["metadata"]["name"] for o in agents.list()] == ["cost-1"]
 
 
@@ -168,7 +168,80 @@ def test_rbac_resource_names_limit_which_agent_a_token_may_heartbeat(secured: Fa
     )
     with secured.client(token=cluster.token("agent-a")) as agent_a:
         assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
-        assert_error(agent_a.post(f"/agents/{ids['b']}/heartbeat", json={"status": "healthy"}), 403, "'b'")
+        refused = agent_a.post(f"/agents/{ids['b']}/heartbeat", json={"status": "healthy"})
+        assert_error(refused, 403, "may not patch agents/status", ids["b"])
+        assert "'b'" not in refused.text  # nor does it learn the name of an agent it may not touch
+
+
+def same_answer(first: httpx.Response, first_id: str, second: httpx.Response, second_id: str) -> None:
+    """Two answers tell the caller nothing apart: the same status and body, but for the id it sent."""
+    assert first.status_code == second.status_code, (first.text, second.text)
+    assert first.text.replace(first_id, "<id>") == second.text.replace(second_id, "<id>")
+
+
+# Each id route with the RBAC verb it needs.
+ID_ROUTES = [
+    ("GET", "/agents/{}", None),
+    ("POST", "/agents/{}/heartbeat", {"status": "healthy"}),
+    ("POST", "/agents/{}/unregister", None),
+]
+
+
+def test_a_caller_without_rbac_cannot_tell_which_ids_exist(
+    secured: FacadeProcess, cluster: Cluster, agents: Agents
+) -> None:
+    cluster.grant("writer", WRITER_RULES)
+    with secured.client(token=cluster.token("writer")) as writer:
+        existing = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
+    with secured.client(token=cluster.token("nobody")) as nobody:
+        for method, path, body in ID_ROUTES:
+            known = nobody.request(method, path.format(existing), json=body)
+            unknown = nobody.request(method, path.format(UNKNOWN), json=body)
+            assert_error(known, 403)
+            same_answer(known, existing, unknown, UNKNOWN)
+            assert "cost-1" not in known.text
+    assert [o["metadata"]["name"] for o in agents.list()] == ["cost-1"]
+
+
+def test_a_reader_tells_unknown_ids_only_where_it_may_act(secured: FacadeProcess, cluster: Cluster) -> None:
+    cluster.grant("writer", WRITER_RULES)
+    cluster.grant("reader", READER_RULES)
+    with secured.client(token=cluster.token("writer")) as writer:
+        existing = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
+        # Namespace-wide rights: an unknown id is simply not found, on every route.
+        for method, path, body in ID_ROUTES:
+            assert_error(writer.request(method, path.format(UNKNOWN), json=body), 404, "Agent not found")
+    with secured.client(token=cluster.token("reader")) as reader:
+        assert_error(reader.get(f"/agents/{UNKNOWN}"), 404, "Agent not found")
+        # It may read every agent, but heartbeat and delete none: those routes answer alike.
+        for method, path, body in ID_ROUTES[1:]:
+            known = reader.request(method, path.format(existing), json=body)
+            assert_error(known, 403)
+            same_answer(known, existing, reader.request(method, path.format(UNKNOWN), json=body), UNKNOWN)
+
+
+def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: FacadeProcess, cluster: Cluster) -> None:
+    cluster.grant("writer", WRITER_RULES)
+    with secured.client(token=cluster.token("writer")) as writer:
+        ids = {name: writer.post("/agents/register", json=registration(name)).json()["agent_id"] for name in "ab"}
+    cluster.grant(
+        "agent-a",
+        [
+            {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "delete"], "resourceNames": ["a"]},
+            {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"], "resourceNames": ["a"]},
+        ],
+    )
+    with secured.client(token=cluster.token("agent-a")) as agent_a:
+        assert agent_a.get(f"/agents/{ids['a']}").json()["name"] == "a"
+        assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
+        for method, path, body in ID_ROUTES:
+            other = agent_a.request(method, path.format(ids["b"]), json=body)
+            assert_error(other, 403)
+            same_answer(other, ids["b"], agent_a.request(method, path.format(UNKNOWN), json=body), UNKNOWN)
+        assert agent_a.post(f"/agents/{ids['a']}/unregister").status_code == 200
+        # Its own agent, gone, is no different from any id it was never granted.
+        gone = agent_a.get(f"/agents/{ids['a']}")
+        same_answer(gone, ids["a"], agent_a.get(f"/agents/{UNKNOWN}"), UNKNOWN)
 
 
 def test_a_role_in_one_namespace_does_not_reach_another(

@@ -1,8 +1,9 @@
 """Request dependencies, as ``Annotated`` aliases routes declare as parameters.
 
 Order matters and FastAPI keeps it: authentication first (an anonymous caller learns
-nothing, not even that its body is invalid), then the namespace, then the agent lookup
-(404), then the RBAC check for that agent.
+nothing, not even that its body is invalid), then the namespace, then the agent and the
+RBAC check for it, done so that only a caller allowed on every agent of the namespace can
+tell an unknown id (404) from one it may not touch (403).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agent_registry.facade.auth import Caller
-from agent_registry.facade.errors import bad_request, not_found
+from agent_registry.facade.errors import ApiError, bad_request, not_found
 from agent_registry.facade.reads import Located
 from agent_registry.facade.state import Registry
 from agent_registry.schema.agent import DNS_LABEL_PATTERN
@@ -89,17 +90,36 @@ def _known_agent(verb: str, subresource: str | None = None) -> Callable[..., Awa
     async def known(
         registry: RegistryDep, caller: CallerDep, namespace: NamespaceDep, agent_id: AgentIdPath
     ) -> Located:
-        located = await registry.reads.locate(namespace, agent_id.lower())
+        agent_id = agent_id.lower()
+        located = await registry.reads.locate(namespace, agent_id)
+        try:
+            # An unknown id is asked about the whole namespace: only a caller allowed on every
+            # agent there may learn that the id names none. A Role that lists resourceNames
+            # allows nothing namespace-wide, so its holder gets 403 for unknown ids and for
+            # agents not listed alike, and cannot probe which ids exist.
+            name = located.name if located is not None else None
+            await registry.auth.authorize(caller, verb, namespace, name=name, subresource=subresource)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            raise _refused(caller, verb, subresource, namespace, agent_id) from None
         if located is None:
             raise not_found()
-        await registry.auth.authorize(caller, verb, namespace, name=located.name, subresource=subresource)
         return located
 
     return known
 
 
+def _refused(caller: Caller, verb: str, subresource: str | None, namespace: str, agent_id: str) -> ApiError:
+    """The same 403 whether the id names an agent or not: it carries nothing the caller did
+    not send (not the agent's name, nor a reason RBAC gave for that name)."""
+    resource = "agents" + (f"/{subresource}" if subresource else "")
+    return ApiError(403, f"{caller.user} may not {verb} {resource} in namespace {namespace!r} (agent id {agent_id})")
+
+
 ReadableAgent = Annotated[Located, Depends(_known_agent("get"))]
-"""The agent named by the path's id, which the caller may read; 404 when unknown."""
+"""The agent named by the path's id, which the caller may read; 404 when unknown to a caller
+who may read every agent of the namespace, 403 for anyone else."""
 
 HeartbeatingAgent = Annotated[Located, Depends(_known_agent("patch", "status"))]
 """The agent named by the path's id, whose status the caller may patch (as a sidecar does)."""
