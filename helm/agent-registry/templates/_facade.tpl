@@ -4,10 +4,13 @@
 {{- define "agent-registry.facade.agentRules" -}}
 # Application: register (create, or patch an existing name), unregister (delete with a
 # uid precondition), and reads that fall back to the API server when the Redis index is
-# unavailable (get, and list by label selector).
+# unavailable (get, and list by label selector). `override`: it writes REST agents with its
+# own identity and records the caller's in registered-by, which the owner rule
+# (owner-restriction-policy.yaml) allows only to those who may override; it applies the
+# same rule to its callers itself.
 - apiGroups: ["registry.optiinfra.io"]
   resources: ["agents"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete", "override"]
 # Application: REST heartbeats are the same status merge-patch the sidecar writes.
 - apiGroups: ["registry.optiinfra.io"]
   resources: ["agents/status"]

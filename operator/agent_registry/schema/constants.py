@@ -19,6 +19,19 @@ AGENT_ID_LABEL: Final = f"{GROUP}/agent-id"
 # Label carrying spec.type, so discovery by type works with a label selector too.
 AGENT_TYPE_LABEL: Final = f"{GROUP}/type"
 
+# Annotation naming the Kubernetes user that registered the Agent (or its Lease), e.g.
+# "system:serviceaccount:team-a:cost-agent". An annotation, not a label: usernames contain
+# ':'. The chart's ValidatingAdmissionPolicy (templates/owner-restriction-policy.yaml)
+# makes it equal the creator and lets only that user, or one allowed OVERRIDE_VERB, write
+# or delete the object afterwards; the facade applies the same rule to REST callers.
+REGISTERED_BY_ANNOTATION: Final = f"{GROUP}/registered-by"
+# A custom RBAC verb on `agents` (like Kubernetes' own `escalate` or `approve`): whoever may
+# `override` agents in a namespace may write and delete any agent there, whoever registered it.
+OVERRIDE_VERB: Final = "override"
+# Label on an agent's coordination.k8s.io Lease (value: the Agent's name); the owner rule
+# covers Leases carrying it.
+AGENT_LEASE_LABEL: Final = f"{GROUP}/agent"
+
 KNOWN_AGENT_TYPES: Final = ("cost", "performance", "resource", "application")
 
 # Heartbeat defaults from DESIGN.md.
