@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +158,7 @@ def test_api_server_down_writes_503_reads_from_redis(
             ):
                 assert response.status_code == 503, response.text
                 assert "Kubernetes API server is unavailable" in response.json()["error"]
+                assert "may still have been applied; retrying it is safe" in response.json()["error"]
                 assert response.headers["retry-after"]
 
             assert names(reads) == ["cost-a", "perf-b"]
@@ -183,6 +185,73 @@ def test_api_server_down_writes_503_reads_from_redis(
         wait_for("ready again", lambda: ready(reads), timeout=60)
 
 
+def agent_id_label(resource: dict[str, Any] | None) -> str | None:
+    return None if resource is None else resource["metadata"]["labels"][c.AGENT_ID_LABEL]
+
+
+def until_not_503(call: Callable[[], httpx.Response], timeout: float = 30) -> httpx.Response:
+    """Retry a write as a client told "retrying is safe" would (a loaded machine answers slowly
+    just after a stall, past the short timeout these tests give the facade)."""
+    deadline = time.monotonic() + timeout
+    while (response := call()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return response
+
+
+def register_retrying(http: httpx.Client, name: str) -> str:
+    response = until_not_503(lambda: http.post("/agents/register", json=registration(name)))
+    assert response.status_code == 201, response.text
+    return str(response.json()["agent_id"])
+
+
+def test_writes_answered_503_in_an_etcd_stall_say_so_and_retry_safely(
+    make_facade: Callable[..., FacadeProcess], agents: Agents, controlplane: LocalControlPlane
+) -> None:
+    """etcd stopped mid-write: the facade gives up (503) while the API server still holds the
+    write, which may land when etcd resumes. The answer says so, and every retry is safe."""
+    facade = make_facade(kube_timeout_seconds=1.5)
+    with facade.client() as http:
+        cost = register_retrying(http, "cost-a")
+        controlplane.pause("etcd")
+        try:
+            for response in (
+                http.post("/agents/register", json=registration("new-c")),
+                http.post(f"/agents/{cost}/heartbeat", json={"status": "degraded"}),
+            ):
+                assert response.status_code == 503, response.text
+                assert "may still have been applied; retrying it is safe" in response.json()["error"]
+                assert response.headers["retry-after"]
+        finally:
+            controlplane.resume("etcd")
+        controlplane.wait_ready(timeout=60)
+
+        # Whether or not the stalled registration landed, retrying it leaves one agent of that
+        # name, with the id it got first if it did land, and the same id on every retry.
+        landed = agent_id_label(agents.get("new-c"))
+        new = register_retrying(http, "new-c")
+        assert landed in (None, new)
+        assert register_retrying(http, "new-c") == new
+        assert agent_id_label(agents.get("new-c")) == new
+        assert [o["metadata"]["name"] for o in agents.list()] == ["cost-a", "new-c"]
+        heartbeat = until_not_503(lambda: http.post(f"/agents/{cost}/heartbeat", json={"status": "degraded"}))
+        assert heartbeat.status_code == 200, heartbeat.text
+        assert http.get(f"/agents/{cost}").json()["status"] == "degraded"
+
+        controlplane.pause("etcd")
+        try:
+            stalled = http.post(f"/agents/{new}/unregister")
+            assert stalled.status_code == 503, stalled.text
+            assert "may still have been applied; retrying it is safe" in stalled.json()["error"]
+        finally:
+            controlplane.resume("etcd")
+        controlplane.wait_ready(timeout=60)
+        # Done once, by the stalled call or by this one: 200 if this one deleted it, 404 if it was gone.
+        assert until_not_503(lambda: http.post(f"/agents/{new}/unregister")).status_code in (200, 404)
+        assert agents.get("new-c") is None
+        assert http.get(f"/agents/{new}").status_code == 404
+    facade.check_alive()
+
+
 def test_both_down_then_both_back(
     operator: OperatorProcess,
     facade: FacadeProcess,
@@ -202,6 +271,7 @@ def test_both_down_then_both_back(
         assert response.status_code == 503
         error = response.json()["error"]
         assert "Redis" in error and "Kubernetes API server" in error
+        assert "may still have been applied" not in error  # a read changed nothing
         # Nothing can say whether an id exists (the facade's own recent writes aside).
         assert http.get(f"/agents/{UNKNOWN}").status_code == 503
         assert http.post("/agents/register", json=registration("b")).status_code == 503

@@ -48,6 +48,15 @@ def unavailable(message: str) -> ApiError:
     return ApiError(503, message, {"Retry-After": "5"})
 
 
+# A write the facade gave up on can still land: the API server keeps the request, and etcd,
+# once a stall ends, commits it (seen in a test: a registration answered 503 during an etcd
+# stall, and its Agent appeared when etcd resumed). A client must not read 503 as "nothing
+# happened"; every write retries safely (same name, same id; a heartbeat repeats; an
+# unregister already done answers 404).
+MAY_HAVE_BEEN_APPLIED = "the write may still have been applied; retrying it is safe"
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
 
@@ -65,7 +74,8 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflicts with the existing agent",
     413: "Request body too large",
-    503: "A dependency (the Kubernetes API server, or it and Redis) is unavailable",
+    503: "A dependency (the Kubernetes API server, or it and Redis) is unavailable; a write answered 503 may "
+    "still have been applied, and retrying it is safe",
 }
 
 
@@ -164,7 +174,10 @@ def _field_name(loc: Sequence[str]) -> str:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+    message = exc.message
+    if exc.status == 503 and request.method in _WRITE_METHODS:
+        message = f"{message}; {MAY_HAVE_BEEN_APPLIED}"
+    return error_response(exc.status, message, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
