@@ -124,3 +124,66 @@ def test_conditions_keep_transition_time_while_status_holds() -> None:
         "Ready": ("False", "2026-01-01T00:10:00Z"),
         "Reachable": ("False", "2026-01-01T00:10:00Z"),
     }
+
+
+def test_nobody_is_judged_or_collected_while_the_operator_is_blind() -> None:
+    tracker = Tracker(min_agents=5)
+    tracker.observe(body("a"), now=0.0)
+    tracker.observe(body("dead", phase="Unreachable"), now=0.0)
+    result = tracker.sweep(now=50.0, seen_until=lambda ns: None)
+    assert result.became_unreachable == [] and result.to_delete == []
+    assert tracker.agents[("ns", "a")].unreachable_since is None
+
+
+def test_silence_is_judged_only_up_to_when_the_operator_could_see() -> None:
+    tracker = Tracker(min_agents=5)
+    tracker.observe(body("a"), now=0.0)
+    # Now is 10, but the last probe answered in time started at 2.5: silent 2.5 s, not 10.
+    assert tracker.sweep(now=10.0, seen_until=lambda ns: 2.5).became_unreachable == []
+    assert [a.name for a in tracker.sweep(now=10.0, seen_until=lambda ns: 3.5).became_unreachable] == ["a"]
+
+
+def test_regaining_sight_gives_a_fresh_grace_period_in_that_namespace_only() -> None:
+    tracker = Tracker(min_agents=5)
+    tracker.observe(body("a"), now=0.0)
+    other = body("b")
+    other["metadata"]["namespace"] = "elsewhere"
+    tracker.observe(other, now=0.0)
+    tracker.observe(body("gone", phase="Unreachable"), now=0.0)
+    tracker.restart_grace(20.0, namespace="ns")
+    result = tracker.sweep(now=21.0)
+    assert [a.name for a in result.became_unreachable] == ["b"]
+    assert result.to_delete == []  # "gone" got a fresh gc-after from 20.0
+    assert [a.name for a in tracker.sweep(now=30.5).to_delete] == ["gone"]
+
+
+def test_leaving_self_preservation_gives_the_still_silent_a_fresh_gc_after() -> None:
+    tracker = Tracker(share=0.5, min_agents=3, max_pause=1000.0)
+    names = [f"a{i}" for i in range(6)]
+    for name in names:
+        tracker.observe(body(name, seq=1), now=0.0)
+    result = tracker.sweep(now=4.0)  # all six silent together: paused
+    assert result.self_preservation.entered
+    for agent in result.became_unreachable:
+        agent.phase = Phase.UNREACHABLE
+    assert tracker.sweep(now=30.0).to_delete == []  # past gc-after, paused
+    # They come back one at a time, a second apart, and keep heartbeating; "a5" never does.
+    back: list[str] = []
+    for step in range(16):
+        now = 31.0 + step
+        if step < 5:
+            back.append(names[step])
+        for name in back:
+            obs = tracker.observe(body(name, seq=2 + step, phase="Healthy"), now=now)
+        result = tracker.sweep(now=now + 0.5)
+        assert [a.name for a in result.to_delete] in ([], ["a5"])
+        if result.to_delete:
+            deleted_at = now + 0.5
+            tracker.forget("ns", "a5")
+        if result.self_preservation.exited_reason:
+            assert result.self_preservation.exited_reason == "recovered"
+            exited_at = now + 0.5
+    assert obs.agent.name == "a4"
+    # The exit came when three of six were back (33.5); "a5" went gc-after (10 s) later, once.
+    assert exited_at == 33.5
+    assert deleted_at == 44.5

@@ -1,17 +1,24 @@
-"""The operator's own writes to the API server: status patches, deletes, Events, Leases.
+"""The operator's own calls to the API server: status patches, deletes, Events, sight probes.
 
-kopf owns the watch; these calls come from the sweeper and the leader elector, which run
-outside kopf's handlers. The official client is synchronous, so calls run in worker
-threads; they are few (one per phase change, not per heartbeat).
+kopf owns the watch; these calls come from the sweeper, the sight probe and the leader
+elector, which run outside kopf's handlers. The official client is synchronous, so calls
+run in worker threads; they are few (one per phase change, not per heartbeat).
+
+Every call carries a request timeout: a call to a stalled API server must fail, not hang
+until the server resumes and then apply a decision that is stale by then. Writes and sight
+probes run in separate thread pools so that writes stuck on a slow server can never delay
+the probe that tells the operator it is blind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -44,16 +51,63 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Enough threads that the sweeper's bounded writes, Events and the leader elector never
+# wait for each other; the sight probe has a pool of its own.
+_WRITE_THREADS = 16
+_PROBE_THREADS = 4
+
+
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
         self.api_client = api_client
+        self.timeout = timeout
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self._writes = ThreadPoolExecutor(_WRITE_THREADS, thread_name_prefix="kube-write")
+        self._probes = ThreadPoolExecutor(_PROBE_THREADS, thread_name_prefix="kube-probe")
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one client call in the write pool, bounded by the request timeout."""
+        return await self._run(self._writes, method, *args, **kwargs)
+
+    async def _run(self, pool: ThreadPoolExecutor, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", self.timeout)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, functools.partial(method, *args, **kwargs))
+
+    def close(self) -> None:
+        # Threads stuck in a call end by their own timeout; do not wait for them here.
+        self._writes.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)
+
+    async def probe(self, namespace: str | None, timeout: float) -> None:
+        """A one-item consistent LIST of Agents: answers only if the API server and etcd do."""
+        if namespace is None:
+            await self._run(
+                self._probes,
+                self.custom.list_cluster_custom_object,
+                c.GROUP,
+                c.VERSION,
+                c.PLURAL,
+                limit=1,
+                _request_timeout=timeout,
+            )
+        else:
+            await self._run(
+                self._probes,
+                self.custom.list_namespaced_custom_object,
+                c.GROUP,
+                c.VERSION,
+                namespace,
+                c.PLURAL,
+                limit=1,
+                _request_timeout=timeout,
+            )
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str:
         """Merge-patch the status subresource; returns the new resourceVersion."""
-        result = await asyncio.to_thread(
+        result = await self.call(
             self.custom.patch_namespaced_custom_object_status,
             c.GROUP,
             c.VERSION,
@@ -65,7 +119,7 @@ class Kube:
         return str(cast(dict[str, Any], result)["metadata"]["resourceVersion"])
 
     async def patch_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
-        await asyncio.to_thread(
+        await self.call(
             self.custom.patch_namespaced_custom_object,
             c.GROUP,
             c.VERSION,
@@ -81,7 +135,7 @@ class Kube:
             preconditions=client.V1Preconditions(uid=uid, resource_version=resource_version)
         )
         try:
-            await asyncio.to_thread(
+            await self.call(
                 self.custom.delete_namespaced_custom_object,
                 c.GROUP,
                 c.VERSION,
@@ -133,7 +187,7 @@ class Kube:
             reporting_instance=component,
         )
         try:
-            await asyncio.to_thread(self.core.create_namespaced_event, namespace, event)
+            await self.call(self.core.create_namespaced_event, namespace, event)
         except Exception as exc:
             logger.warning("could not post Event %s on %s/%s: %s", reason, namespace, involved["name"], exc)
 

@@ -16,9 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from agent_registry.controller.kube import Kube
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ Callback = Callable[[], Awaitable[None]]
 class LeaderElector:
     def __init__(
         self,
-        coordination: client.CoordinationV1Api,
+        kube: Kube,
         name: str,
         namespace: str,
         identity: str,
@@ -37,7 +40,11 @@ class LeaderElector:
         on_started_leading: Callback,
         on_stopped_leading: Callback,
     ) -> None:
-        self.api = coordination
+        self.kube = kube
+        self.api = kube.coordination
+        # A renewal that cannot finish before the lease would lapse is worthless; give up
+        # on it in time to notice and step down (client-go's renew deadline, in spirit).
+        self.call_timeout = max(1.0, min(kube.timeout, lease_duration - renew_period))
         self.name = name
         self.namespace = namespace
         self.identity = identity
@@ -89,9 +96,13 @@ class LeaderElector:
         if expired:
             await self._acquire(lease)
 
+    async def _call(self, method: Any, *args: Any) -> Any:
+        return await self.kube.call(method, *args, _request_timeout=self.call_timeout)
+
     async def _read(self) -> client.V1Lease | None:
         try:
-            return await asyncio.to_thread(self.api.read_namespaced_lease, self.name, self.namespace)
+            lease: client.V1Lease = await self._call(self.api.read_namespaced_lease, self.name, self.namespace)
+            return lease
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -113,7 +124,7 @@ class LeaderElector:
             spec=self._spec(0, True, None),
         )
         try:
-            await asyncio.to_thread(self.api.create_namespaced_lease, self.namespace, body)
+            await self._call(self.api.create_namespaced_lease, self.namespace, body)
         except ApiException as exc:
             if exc.status == 409:  # someone else created it first
                 return
@@ -125,7 +136,7 @@ class LeaderElector:
         lease.spec = self._spec((spec.lease_transitions or 0) + 1, True, spec)
         try:
             # replace carries metadata.resourceVersion: it fails with 409 if anyone wrote since.
-            await asyncio.to_thread(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
+            await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
         except ApiException as exc:
             if exc.status == 409:
                 return
@@ -135,7 +146,7 @@ class LeaderElector:
     async def _renew(self, lease: client.V1Lease) -> None:
         spec = lease.spec or client.V1LeaseSpec()
         lease.spec = self._spec(spec.lease_transitions or 0, False, spec)
-        await asyncio.to_thread(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
+        await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
         self._last_renewed = time.monotonic()
         if not self.is_leader:
             await self._start_leading()
@@ -159,7 +170,7 @@ class LeaderElector:
             if lease is not None and lease.spec is not None and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
-                await asyncio.to_thread(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
+                await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
                 logger.info("leader election: released lease %s/%s", self.namespace, self.name)
         except Exception as exc:
             logger.warning("leader election: could not release the lease: %s", exc)

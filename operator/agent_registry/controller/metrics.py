@@ -39,6 +39,19 @@ SILENT_AGENTS = Gauge(
     "Agents judged unreachable by this operator (silent past unreachable-after).",
     registry=REGISTRY,
 )
+BLIND = Gauge(
+    "agent_registry_blind",
+    "1 while the operator cannot see the API server for a scope (a namespace, or * for the "
+    "cluster): nobody there is judged.",
+    ["scope"],
+    registry=REGISTRY,
+)
+BLIND_GAPS = Counter(
+    "agent_registry_blind_gaps_total",
+    "Times the operator saw a scope again after being blind; each gave every agent there a fresh grace period.",
+    ["scope"],
+    registry=REGISTRY,
+)
 REDIS_ERRORS = Counter(
     "agent_registry_redis_sync_errors_total",
     "Failed writes to the Redis index (the operator keeps reconciling and retries).",

@@ -13,7 +13,8 @@ from agent_registry.controller.indexsync import IndexSync
 from agent_registry.controller.kube import Kube, agent_reference, load_api_client
 from agent_registry.controller.leader import LeaderElector
 from agent_registry.controller.settings import OperatorSettings
-from agent_registry.controller.sweeper import sweep_forever
+from agent_registry.controller.sight import Sight
+from agent_registry.controller.sweeper import Writes, sweep_forever
 from agent_registry.controller.tracker import TrackedAgent, Tracker
 from agent_registry.schema.agent import Phase
 
@@ -23,17 +24,25 @@ logger = logging.getLogger(__name__)
 class Runtime:
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
-        self.kube = Kube(load_api_client())
+        self.kube = Kube(load_api_client(), timeout=settings.kube_timeout_seconds)
         self.tracker = Tracker(
             share=settings.self_preservation_share,
             min_agents=settings.self_preservation_min_agents,
             max_pause=settings.self_preservation_max_pause_seconds,
         )
         self.index = IndexSync(settings, self.is_leader)
+        self.writes = Writes()
+        self.sight = Sight(
+            scopes=list(settings.namespaces) or [None],
+            probe=self.kube.probe,
+            on_regained=self._regained_sight,
+            interval=settings.sight_probe_interval_seconds,
+            gap=settings.sight_gap_seconds,
+        )
         self.leader: LeaderElector | None = None
         if settings.leader_election:
             self.leader = LeaderElector(
-                self.kube.coordination,
+                self.kube,
                 name=settings.lease_name,
                 namespace=settings.lease_namespace,
                 identity=settings.identity,
@@ -51,6 +60,7 @@ class Runtime:
     async def start(self) -> None:
         metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         metrics.IS_LEADER.set(1 if self.is_leader() else 0)
+        self._tasks.append(asyncio.create_task(self.sight.run(), name="sight"))
         self._tasks.append(asyncio.create_task(sweep_forever(self), name="sweeper"))
         self._tasks.append(asyncio.create_task(self.index.run(), name="index-sync"))
         if self.leader is not None:
@@ -67,7 +77,9 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writes.cancel()
         await self.index.close()
+        self.kube.close()
 
     async def _started_leading(self) -> None:
         # A new leader knows nothing about the silence before it took over: everyone
@@ -75,6 +87,23 @@ class Runtime:
         self.tracker.restart_grace(time.monotonic())
         self.index.request_full_resync()
         metrics.IS_LEADER.set(1)
+
+    async def _regained_sight(self, scope: str | None, blind_for: float) -> None:
+        # Heartbeats sent while the operator could not see may have failed through no
+        # fault of the agents: their silence is no evidence, exactly as after a restart.
+        self.tracker.restart_grace(time.monotonic(), namespace=scope)
+        if self.is_leader():
+            where = f"namespace {scope}" if scope else "the cluster"
+            self.writes.start(
+                ("", f"SightRegained {scope}"),
+                self.kube.post_event(
+                    self.self_reference(),
+                    "Warning",
+                    "SightRegained",
+                    f"The operator could not see the API server for {where} for {blind_for:.0f}s; "
+                    "no agent was judged meanwhile and every agent there gets a fresh grace period.",
+                ),
+            )
 
     async def _stopped_leading(self) -> None:
         metrics.IS_LEADER.set(0)

@@ -45,6 +45,22 @@ class OperatorSettings(BaseSettings):
     self_preservation_max_pause_seconds: float = Field(default=900.0, gt=0)
     """The pause is time-boxed; Eureka's unbounded self-preservation keeps dead instances forever."""
 
+    kube_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Every call the operator makes to the API server gives up after this long. A call
+    to a stalled API server would otherwise hang until it resumes and then apply a
+    decision taken while the operator could not see (seen: Unreachable landing late)."""
+
+    sight_probe_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often the operator checks that it can see the API server (a one-item consistent
+    LIST of Agents per watched namespace, so etcd must answer too). Silence is judged only
+    up to the start of the last probe that answered in time."""
+
+    sight_gap_seconds: float = Field(default=5.0, gt=0)
+    """A probe unanswered (or failed) for this long means the operator is blind: no agent
+    is judged until it sees again, and then every agent in the scope gets a fresh grace
+    period, because heartbeats sent meanwhile may have failed through no fault of the
+    agents. Keep it below unreachable-after minus the heartbeat interval."""
+
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Prometheus metrics port; 0 disables the metrics server."""
 

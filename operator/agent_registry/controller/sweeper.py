@@ -11,8 +11,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -35,6 +35,44 @@ BEFORE_DELETE_HOOKS: list[Callable[[TrackedAgent], Awaitable[None]]] = []
 make a heartbeat race the delete deterministically. Empty in production."""
 
 
+class Writes:
+    """The sweeper's writes, in flight in the background: at most one per agent, at most
+    ``WRITE_CONCURRENCY`` at once. A sweep never waits for them, so one call hanging on a
+    slow API server (until its timeout) cannot delay the judgement of anyone else."""
+
+    def __init__(self) -> None:
+        self._semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+        self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def start(self, key: tuple[str, str], work: Coroutine[Any, Any, None]) -> None:
+        if key in self._in_flight:
+            work.close()  # the earlier write for this agent decides; the next sweep re-judges
+            return
+        task = asyncio.create_task(self._bounded(work), name=f"write {key[0]}/{key[1]}")
+        self._in_flight[key] = task
+        task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+
+    async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
+        async with self._semaphore:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("a sweeper write failed; the next sweep retries")
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the writes in flight (tests, and a sweep that must see its effects)."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()), timeout=timeout)
+
+    async def cancel(self) -> None:
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def sweep_forever(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(runtime.settings.sweep_interval_seconds)
@@ -49,18 +87,15 @@ async def sweep_forever(runtime: Runtime) -> None:
 async def sweep_once(runtime: Runtime) -> None:
     if not runtime.is_leader():
         return
-    result = runtime.tracker.sweep(time.monotonic())
-    semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-    async def bounded(work: Awaitable[None]) -> None:
-        async with semaphore:
-            await work
-
-    pending = [a for a in runtime.tracker.agents.values() if not a.initialised]
-    await asyncio.gather(*(bounded(initialise(runtime, agent)) for agent in pending))
-    await asyncio.gather(*(bounded(mark_unreachable(runtime, agent)) for agent in result.became_unreachable))
-    await report_self_preservation(runtime, result.self_preservation)
-    await asyncio.gather(*(bounded(collect(runtime, agent)) for agent in result.to_delete))
+    result = runtime.tracker.sweep(time.monotonic(), runtime.sight.seen_until)
+    writes = runtime.writes
+    for agent in [a for a in runtime.tracker.agents.values() if not a.initialised]:
+        writes.start(agent.key, initialise(runtime, agent))
+    for agent in result.became_unreachable:
+        writes.start(agent.key, mark_unreachable(runtime, agent))
+    report_self_preservation(runtime, result.self_preservation)
+    for agent in result.to_delete:
+        writes.start(agent.key, collect(runtime, agent))
     metrics.SILENT_AGENTS.set(result.self_preservation.silent)
     metrics.publish_counts(runtime.tracker.counts())
 
@@ -150,26 +185,29 @@ async def collect(runtime: Runtime, agent: TrackedAgent) -> None:
     runtime.index_forget(agent.namespace, agent.name)
 
 
-async def report_self_preservation(runtime: Runtime, state: SelfPreservation) -> None:
+def report_self_preservation(runtime: Runtime, state: SelfPreservation) -> None:
     metrics.SELF_PRESERVATION.set(1 if state.active else 0)
-    ref = runtime.self_reference()
+    max_pause = runtime.settings.self_preservation_max_pause_seconds
     if state.entered:
+        event_type, reason, what = "Warning", "SelfPreservationActivated", "on"
         message = (
             f"{state.silent} of {state.total} agents went silent within one unreachable window; "
             "the network or the registry is the likelier cause. Garbage collection is paused "
-            f"for at most {runtime.settings.self_preservation_max_pause_seconds:.0f}s."
+            f"for at most {max_pause:.0f}s."
         )
-        logger.warning("self-preservation on: %s", message)
-        await runtime.kube.post_event(ref, "Warning", "SelfPreservationActivated", message)
     elif state.exited_reason == "recovered":
-        message = f"Only {state.silent} of {state.total} agents are silent now; garbage collection resumes."
-        logger.warning("self-preservation off: %s", message)
-        await runtime.kube.post_event(ref, "Normal", "SelfPreservationDeactivated", message)
-    elif state.exited_reason == "expired":
+        event_type, reason, what = "Normal", "SelfPreservationDeactivated", "off"
         message = (
-            f"Garbage collection was paused for "
-            f"{runtime.settings.self_preservation_max_pause_seconds:.0f}s with {state.silent} of "
+            f"Only {state.silent} of {state.total} agents are silent now; garbage collection resumes, "
+            "and agents still silent get a fresh grace period before removal."
+        )
+    elif state.exited_reason == "expired":
+        event_type, reason, what = "Warning", "SelfPreservationExpired", "expired"
+        message = (
+            f"Garbage collection was paused for {max_pause:.0f}s with {state.silent} of "
             f"{state.total} agents still silent; resuming it (the pause is time-boxed)."
         )
-        logger.warning("self-preservation expired: %s", message)
-        await runtime.kube.post_event(ref, "Warning", "SelfPreservationExpired", message)
+    else:
+        return
+    logger.warning("self-preservation %s: %s", what, message)
+    runtime.writes.start(("", reason), runtime.kube.post_event(runtime.self_reference(), event_type, reason, message))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,8 +195,8 @@ class Tracker:
         return Observation(agent, False, is_heartbeat, desired, stored_phase)
 
     def _desired_phase(self, agent: TrackedAgent, now: float) -> Phase:
-        if agent.silent_for(now) > agent.timing.unreachable_after:
-            return Phase.UNREACHABLE
+        # Silence is judged in one place, the sweep, which knows whether the operator could
+        # see; a watch event arriving just after a stall must not judge it on its own.
         if agent.phase == Phase.UNREACHABLE and not agent.heard_since_start:
             return Phase.UNREACHABLE
         if agent.phase == Phase.UNREACHABLE and agent.unreachable_since is not None:
@@ -206,29 +206,50 @@ class Tracker:
     def forget(self, namespace: str, name: str) -> TrackedAgent | None:
         return self.agents.pop((namespace, name), None)
 
-    def restart_grace(self, now: float) -> None:
-        """Give everyone a fresh grace period (a new leader knows nothing of the past)."""
+    def restart_grace(self, now: float, namespace: str | None = None) -> None:
+        """Give everyone (in ``namespace``, or everywhere) a fresh grace period: a new
+        leader knows nothing of the past, and an operator that could not see has no
+        evidence about it."""
         for agent in self.agents.values():
-            agent.last_heard = now
+            if namespace is not None and agent.namespace != namespace:
+                continue
+            agent.last_heard = max(agent.last_heard, now)
             if agent.unreachable_since is not None:
                 agent.unreachable_since = now
 
     # --- sweeps -------------------------------------------------------------------
 
-    def sweep(self, now: float) -> SweepResult:
+    def sweep(self, now: float, seen_until: Callable[[str], float | None] | None = None) -> SweepResult:
+        """Judge every agent. ``seen_until(namespace)`` says up to when the operator could
+        see that namespace (silence after it is no evidence), or None while it is blind
+        there: then nobody in it is judged, marked or collected. Without it, up to now."""
         became_unreachable = []
+        judged = []
         for agent in self.agents.values():
-            if agent.unreachable_since is None and agent.silent_for(now) > agent.timing.unreachable_after:
+            seen = now if seen_until is None else seen_until(agent.namespace)
+            if seen is None:
+                continue
+            judged.append(agent)
+            if agent.unreachable_since is None and seen - agent.last_heard > agent.timing.unreachable_after:
                 agent.unreachable_since = now
             # Until the write is seen, keep asking for it: a failed patch is retried.
             if agent.unreachable_since is not None and agent.phase != Phase.UNREACHABLE:
                 became_unreachable.append(agent)
         preservation = self._self_preservation(now)
+        if preservation.exited_reason == "recovered":
+            # The pause held back deletions of agents whose silence was probably not their
+            # fault; their "unreachable since" still dates from before it. Collecting them
+            # the moment the share dips under the threshold deletes live agents that are
+            # about to heartbeat again (seen: 9 of 20 deleted 1.1 s after the exit). So
+            # the still-silent get a fresh gc-after, counted from now.
+            for agent in self.agents.values():
+                if agent.unreachable_since is not None:
+                    agent.unreachable_since = now
         to_delete = []
         if not preservation.active:
             to_delete = [
                 agent
-                for agent in self.agents.values()
+                for agent in judged
                 if agent.unreachable_since is not None and now - agent.unreachable_since > agent.timing.gc_after
             ]
         return SweepResult(became_unreachable, to_delete, preservation)

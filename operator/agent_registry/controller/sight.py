@@ -1,0 +1,154 @@
+"""Whether the operator can see: silence is evidence only while it can.
+
+An agent's silence is judged from the watch, and a watch on a stalled API server (or one
+whose etcd stalled) is silent too, for every agent at once. Heartbeats sent during such a
+stall fail through no fault of the agents. So the operator checks its own sight with a
+cheap probe, a one-item consistent LIST of Agents per watched scope (a namespace, or the
+cluster), which answers only when the API server and etcd both do:
+
+* silence is judged only up to the start of the last probe that answered in time, never up
+  to "now", so a decision cannot be taken in the first moments of a stall, before the
+  probe has noticed it;
+* a probe unanswered or failed for ``gap`` seconds makes the scope blind: no agent in it is
+  judged at all;
+* when a probe answers again, every agent in the scope gets a fresh grace period, exactly
+  as after an operator restart (``Tracker.restart_grace``), the way Kubernetes' node
+  lifecycle controller treats its own loss of contact.
+
+What the probe cannot see (writers rejected while the operator's own calls succeed, or one
+watch stream stalled while the API server answers) is covered by self-preservation:
+garbage collection pauses when most agents fall silent together. docs/decisions.md says
+which case falls where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from agent_registry.controller import metrics
+
+logger = logging.getLogger(__name__)
+
+Probe = Callable[[str | None, float], Awaitable[None]]
+"""Given a scope (a namespace, or None for the cluster) and a timeout, raise unless it answered."""
+
+Regained = Callable[[str | None, float], Awaitable[None]]
+"""Called with the scope and how long it was blind, when the operator sees it again."""
+
+
+@dataclasses.dataclass
+class ScopeSight:
+    scope: str | None
+    seen_at: float
+    """Operator clock at the start of the last probe answered in time: silence is judged
+    up to here. Starts at creation, as an operator start counts against nobody."""
+    blind_since: float | None = None
+    probing_since: float | None = None
+    """Start of the probe in flight, if any."""
+
+    def seen_until(self, now: float, gap: float) -> float | None:
+        if self.blind_since is not None:
+            return None
+        if self.probing_since is not None and now - self.probing_since > gap:
+            return None
+        return self.seen_at
+
+
+class Sight:
+    def __init__(
+        self,
+        scopes: Sequence[str | None],
+        probe: Probe,
+        on_regained: Regained,
+        interval: float,
+        gap: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.probe = probe
+        self.on_regained = on_regained
+        self.interval = interval
+        self.gap = gap
+        self.clock = clock
+        now = clock()
+        self.scopes = {scope: ScopeSight(scope, now) for scope in scopes}
+        self._cluster_wide = None in self.scopes
+
+    def seen_until(self, namespace: str) -> float | None:
+        """Up to when silence in ``namespace`` is evidence; None while the operator is blind there."""
+        state = self.scopes.get(None) if self._cluster_wide else self.scopes.get(namespace)
+        if state is None:  # an agent outside every watched scope: nothing to judge it by
+            return None
+        return state.seen_until(self.clock(), self.gap)
+
+    @property
+    def blind_scopes(self) -> list[str | None]:
+        now = self.clock()
+        return [s.scope for s in self.scopes.values() if s.seen_until(now, self.gap) is None]
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._watch_scope(state) for state in self.scopes.values()))
+
+    async def _watch_scope(self, state: ScopeSight) -> None:
+        while True:
+            await self.check(state)
+            await asyncio.sleep(self.interval)
+
+    async def check(self, state: ScopeSight) -> None:
+        """One probe of one scope, and what its answer (or its absence) means."""
+        started = self.clock()
+        state.probing_since = started
+        try:
+            # The probe's own timeout is longer than the gap: a slow answer is still news
+            # (the server is back), even though the wait itself already counted as blind.
+            await self.probe(state.scope, self.gap * 2)
+            answered = True
+            error = ""
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            answered = False
+            error = str(exc) or type(exc).__name__
+        finally:
+            state.probing_since = None
+        finished = self.clock()
+        if not answered or finished - started > self.gap:
+            self._went_blind(state, started, error or f"no answer for {finished - started:.1f}s")
+        if answered:
+            if state.blind_since is not None:
+                await self._regained(state, finished)
+            state.seen_at = started
+
+    def _went_blind(self, state: ScopeSight, since: float, why: str) -> None:
+        if state.blind_since is not None:
+            return
+        state.blind_since = since
+        metrics.BLIND.labels(scope=_label(state.scope)).set(1)
+        logger.warning(
+            "cannot see the API server for %s (%s): no agent there is judged until it answers again",
+            _describe(state.scope),
+            why,
+        )
+
+    async def _regained(self, state: ScopeSight, now: float) -> None:
+        blind_for = now - (state.blind_since or now)
+        state.blind_since = None
+        metrics.BLIND.labels(scope=_label(state.scope)).set(0)
+        metrics.BLIND_GAPS.labels(scope=_label(state.scope)).inc()
+        logger.warning(
+            "the API server answers again for %s after %.1fs; every agent there gets a fresh grace period",
+            _describe(state.scope),
+            blind_for,
+        )
+        await self.on_regained(state.scope, blind_for)
+
+
+def _label(scope: str | None) -> str:
+    return scope if scope is not None else "*"
+
+
+def _describe(scope: str | None) -> str:
+    return f"namespace {scope}" if scope is not None else "the cluster"
