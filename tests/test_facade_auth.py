@@ -223,15 +223,21 @@ def test_a_reader_tells_unknown_ids_only_where_it_may_act(secured: FacadeProcess
 def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: FacadeProcess, cluster: Cluster) -> None:
     cluster.grant("writer", WRITER_RULES)
     with secured.client(token=cluster.token("writer")) as writer:
-        ids = {name: writer.post("/agents/register", json=registration(name)).json()["agent_id"] for name in "ab"}
+        ids = {"b": writer.post("/agents/register", json=registration("b")).json()["agent_id"]}
     cluster.grant(
         "agent-a",
         [
-            {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "delete"], "resourceNames": ["a"]},
+            {
+                "apiGroups": [c.GROUP],
+                "resources": ["agents"],
+                "verbs": ["create", "get", "delete"],
+                "resourceNames": ["a"],
+            },
             {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"], "resourceNames": ["a"]},
         ],
     )
     with secured.client(token=cluster.token("agent-a")) as agent_a:
+        ids["a"] = agent_a.post("/agents/register", json=registration("a")).json()["agent_id"]
         assert agent_a.get(f"/agents/{ids['a']}").json()["name"] == "a"
         assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
         for method, path, body in ID_ROUTES:

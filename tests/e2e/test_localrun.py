@@ -154,13 +154,28 @@ def test_make_run_uses_the_cluster_kubeconfig_names(
     clean_env: dict[str, str],
     localrun_factory: list[LocalRun],
 ) -> None:
-    run = LocalRun(tmp_path, {**clean_env, "KUBECONFIG": str(controlplane.kubeconfig)}, "--namespace", namespace)
+    timings = ["--heartbeat-seconds", "3", "--unreachable-after-seconds", "11", "--gc-after-seconds", "70"]
+    env = {**clean_env, "KUBECONFIG": str(controlplane.kubeconfig)}
+    run = LocalRun(tmp_path, env, "--namespace", namespace, *timings)
     localrun_factory.append(run)
     state = run.wait_up()
     assert "kube-apiserver" not in state["pids"], "started its own control plane despite KUBECONFIG"
     assert state["kubeconfig"] == str(controlplane.kubeconfig)
     assert agent_phases(binaries, str(controlplane.kubeconfig), namespace) == dict.fromkeys(DEMO_NAMES, "Healthy")
     check_api(state["api_url"])
+
+    # The run's timings reach every agent it serves: the demo sidecars' and a REST agent's.
+    with httpx.Client(base_url=state["api_url"], timeout=10, trust_env=False) as http:
+        registered = http.post(
+            "/agents/register", json={"name": "rest-agent", "type": "cost", "host": "127.0.0.1", "port": 9}
+        )
+        assert registered.status_code == 201, registered.text
+        assert registered.json()["heartbeat_interval_seconds"] == 3
+        expected = {"intervalSeconds": 3, "unreachableAfterSeconds": 11, "gcAfterSeconds": 70}
+        for name in [*DEMO_NAMES, "rest-agent"]:
+            agent = json.loads(controlplane.kubectl("get", "agent", name, "-n", namespace, "-o", "json").stdout)
+            assert agent["spec"]["heartbeat"] == expected, name
+        assert http.post(f"/agents/{registered.json()['agent_id']}/unregister").status_code == 200
 
     assert run.interrupt() == 0
     check_all_stopped(run, state)

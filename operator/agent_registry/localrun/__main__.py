@@ -38,9 +38,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--embedded", action="store_true", help="start the embedded control plane even if KUBECONFIG is set"
     )
-    parser.add_argument("--heartbeat-seconds", type=int, default=DEMO_HEARTBEAT_SECONDS)
-    parser.add_argument("--unreachable-after-seconds", type=int, default=DEMO_UNREACHABLE_AFTER_SECONDS)
-    parser.add_argument("--gc-after-seconds", type=int, default=DEMO_GC_AFTER_SECONDS)
+    # The timings apply to every agent of the run: the demo sidecars and REST registrations.
+    parser.add_argument(
+        "--heartbeat-seconds", type=int, default=DEMO_HEARTBEAT_SECONDS, help="heartbeat interval of every agent"
+    )
+    parser.add_argument(
+        "--unreachable-after-seconds",
+        type=int,
+        default=DEMO_UNREACHABLE_AFTER_SECONDS,
+        help="silence after which an agent is Unreachable",
+    )
+    parser.add_argument(
+        "--gc-after-seconds", type=int, default=DEMO_GC_AFTER_SECONDS, help="an Unreachable agent is deleted after this"
+    )
     parser.add_argument("--state-file", type=Path, help="write addresses and process ids here as JSON once up")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs after stopping")
     return parser.parse_args(argv)

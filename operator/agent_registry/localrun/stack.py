@@ -65,6 +65,8 @@ class RunOptions:
     api_port: int | None = None
     """The facade's port on 127.0.0.1: None takes 8080 when free, 0 any free port."""
     heartbeat_seconds: int = DEMO_HEARTBEAT_SECONDS
+    """Heartbeat timings of every agent the run serves: the demo sidecars' and those of
+    agents registered through the REST API."""
     unreachable_after_seconds: int = DEMO_UNREACHABLE_AFTER_SECONDS
     gc_after_seconds: int = DEMO_GC_AFTER_SECONDS
     state_file: Path | None = None
@@ -100,8 +102,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of loopback now.
+
+    Asked the way the server will bind: uvicorn (through asyncio) sets ``SO_REUSEADDR``, which
+    lets it bind a port that connections of an earlier run still hold in TIME_WAIT. Without it
+    the probe would call that port busy for a minute after every run and move the API.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError:
@@ -261,10 +270,10 @@ class Stack:
             return None
         port = self.options.api_port
         if port is None:
-            port = DEFAULT_API_PORT if _port_is_free(DEFAULT_API_PORT) else free_port()
+            port = DEFAULT_API_PORT if port_is_free(DEFAULT_API_PORT) else free_port()
         elif port == 0:
             port = free_port()
-        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, self.options.namespace, redis_url)
+        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, self.options, redis_url)
         url = f"http://{LOOPBACK}:{port}"
         with self._stage(f"starting the REST facade on {url} (no authentication: local use only)"):
             facade = self._child("facade", [sys.executable, "-m", FACADE_MODULE], env)
@@ -340,13 +349,19 @@ class Stack:
         tmp.replace(self.options.state_file)
 
 
-def facade_env(host: str, port: int, namespace: str, redis_url: str) -> dict[str, str]:
-    """The facade's settings for a local run: loopback, no authentication, the demo namespace."""
+def facade_env(host: str, port: int, options: RunOptions, redis_url: str) -> dict[str, str]:
+    """The facade's settings for a local run: loopback, no authentication, the demo namespace,
+    and the run's heartbeat timings, so that agents registered through REST get the same
+    timings as the demo sidecars (a user who shortens them to try the registry expects every
+    agent to follow)."""
     return {
         "AGENT_REGISTRY_FACADE_HOST": host,
         "AGENT_REGISTRY_FACADE_PORT": str(port),
-        "AGENT_REGISTRY_FACADE_NAMESPACE": namespace,
+        "AGENT_REGISTRY_FACADE_NAMESPACE": options.namespace,
         "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "false",
+        "AGENT_REGISTRY_FACADE_HEARTBEAT_INTERVAL_SECONDS": str(options.heartbeat_seconds),
+        "AGENT_REGISTRY_FACADE_UNREACHABLE_AFTER_SECONDS": str(options.unreachable_after_seconds),
+        "AGENT_REGISTRY_FACADE_GC_AFTER_SECONDS": str(options.gc_after_seconds),
         "AGENT_REGISTRY_REDIS_URL": redis_url,
     }
 
