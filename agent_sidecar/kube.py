@@ -71,6 +71,15 @@ class AgentApi:
         }
         self._call("DELETE", f"agents/{name}", body=options, timeout=timeout)
 
+    def whoami(self) -> str:
+        """This client's Kubernetes username, from a SelfSubjectReview (allowed to every
+        authenticated user by the default ``system:basic-user`` role)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        answer = self._call(
+            "POST", "selfsubjectreviews", body=review, version="authentication.k8s.io/v1", namespaced=False
+        )
+        return str(((answer.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
     def get_pod(self, name: str) -> dict[str, Any] | None:
         return self._or_none(lambda: self._call("GET", f"pods/{name}", version="v1"))
 
@@ -91,13 +100,16 @@ class AgentApi:
         body: dict[str, Any] | None = None,
         version: str = c.API_VERSION,
         timeout: float | None = None,
+        namespaced: bool = True,
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = MERGE_PATCH if method == "PATCH" else "application/json"
         if self._token_file is not None:
             headers["Authorization"] = f"Bearer {self._token_file.read_text().strip()}"
-        kwargs: dict[str, Any] = {"version": version, "namespace": self.namespace, "url": path, "headers": headers}
+        kwargs: dict[str, Any] = {"version": version, "url": path, "headers": headers}
+        if namespaced:
+            kwargs["namespace"] = self.namespace
         if body is not None:
             kwargs["data"] = json.dumps(body)
         if timeout is not None:

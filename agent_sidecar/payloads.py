@@ -31,13 +31,16 @@ def build_owner_reference(pod_name: str, pod_uid: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}
 
 
-def build_agent(config: SidecarConfig, owner: dict[str, Any] | None) -> dict[str, Any]:
-    """A new Agent object."""
+def build_agent(config: SidecarConfig, owner: dict[str, Any] | None, identity: str | None = None) -> dict[str, Any]:
+    """A new Agent object; ``identity`` (the sidecar's username) goes into the registered-by annotation."""
+    annotations = {k: v for k, v in _annotations(config).items() if v is not None}
+    if identity:
+        annotations[c.REGISTERED_BY_ANNOTATION] = identity
     metadata: dict[str, Any] = {
         "name": config.name,
         "namespace": config.namespace,
         "labels": _labels(config),
-        "annotations": {k: v for k, v in _annotations(config).items() if v is not None},
+        "annotations": annotations,
     }
     if owner is not None:
         metadata["ownerReferences"] = [owner]
@@ -45,14 +48,16 @@ def build_agent(config: SidecarConfig, owner: dict[str, Any] | None) -> dict[str
 
 
 def build_adoption_patch(
-    existing: dict[str, Any], config: SidecarConfig, owner: dict[str, Any] | None
+    existing: dict[str, Any], config: SidecarConfig, owner: dict[str, Any] | None, identity: str | None = None
 ) -> dict[str, Any]:
     """A merge-patch that makes an existing Agent this sidecar's.
 
     It carries the ``resourceVersion`` it was computed from, so a concurrent change turns
     it into a 409 rather than a mix. The spec becomes exactly the configured one (metadata
     keys the configuration dropped are removed), and any previous Pod owner is replaced:
-    left in place, the old pod's deletion would take the adopted Agent with it.
+    left in place, the old pod's deletion would take the adopted Agent with it. An unowned
+    Agent (no registered-by annotation) is claimed with ``identity``; an owned one keeps its
+    owner, which only that owner (or whoever may override agents) can write anyway.
     """
     meta = existing.get("metadata", {})
     spec = _spec(config)
@@ -61,11 +66,14 @@ def build_adoption_patch(
     owners = [ref for ref in meta.get("ownerReferences") or [] if not _is_pod(ref)]
     if owner is not None:
         owners.append(owner)
+    annotations = _annotations(config)
+    if identity and not registered_by(existing):
+        annotations[c.REGISTERED_BY_ANNOTATION] = identity
     return {
         "metadata": {
             "resourceVersion": meta.get("resourceVersion"),
             "labels": _labels(config),
-            "annotations": _annotations(config),
+            "annotations": annotations,
             "ownerReferences": owners,
         },
         "spec": spec,
@@ -93,6 +101,12 @@ def heartbeat_writer(agent: dict[str, Any]) -> str | None:
     """Who wrote the Agent's last heartbeat, e.g. ``sidecar/<pod>``."""
     writer = (agent.get("status") or {}).get(_SOURCE)
     return writer if isinstance(writer, str) else None
+
+
+def registered_by(agent: dict[str, Any]) -> str | None:
+    """The username that registered the Agent (its registered-by annotation), or None when unowned."""
+    value = ((agent.get("metadata") or {}).get("annotations") or {}).get(c.REGISTERED_BY_ANNOTATION)
+    return value if isinstance(value, str) and value else None
 
 
 def is_written_by(agent: dict[str, Any], source: str, uid: str | None) -> bool:

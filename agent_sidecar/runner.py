@@ -8,6 +8,14 @@ is created again; a 409 means it changed under us, so it is read again. Other re
 RBAC applied after the pod started needs no restart. Only a spec the API server rejects
 (400, 422) ends the sidecar, as the configuration error it is.
 
+Ownership: at start the sidecar asks the API server who it is (a SelfSubjectReview) and
+records that username in the Agent's registered-by annotation when it creates the Agent,
+or claims an existing unowned one with it. Where the chart's owner-restriction policy is
+installed, only that identity may then write or delete the Agent. An Agent of the same
+name registered by another identity is not adopted: the 403 is logged once as an error
+naming the owner, and retried like any refusal, so the sidecar takes the name over as soon
+as the other agent's Agent is gone (deleted with its pod, or collected by the operator).
+
 Logging is per state change: registered, health changed, API lost, API back,
 deregistered. Each heartbeat logs at DEBUG only.
 """
@@ -33,6 +41,7 @@ from agent_sidecar.payloads import (
     heartbeat_writer,
     is_deleting,
     is_written_by,
+    registered_by,
 )
 from agent_sidecar.probe import ProbeResult, probe
 
@@ -77,6 +86,9 @@ class Sidecar:
         self._sequence = 0
         self._owner: dict[str, Any] | None = None
         self._owner_resolved = False
+        self._identity: str | None = None
+        self._identity_resolved = False
+        self._foreign_owner: str | None = None  # registered-by of the Agent last found under our name
         self._health: tuple[str, str] | None = None
         self._trouble: tuple[int | None, float, int] | None = None  # (status, since, failed calls)
         self._waiting_for_deletion = False
@@ -114,7 +126,19 @@ class Sidecar:
                     continue
                 if error.status in (400, 422):
                     raise RegistrationRejectedError(f"{error.status} {error.reason}: {error.message}") from error
-                self._api_failed(error, "register")
+                if error.status == 403 and self._foreign_owner:
+                    self._api_failed(
+                        error,
+                        "adopt",
+                        "cannot adopt the agent: another identity registered it, and only that identity (or one "
+                        "allowed to override agents) may write it; retrying until it is gone. Give each agent "
+                        "its own name and ServiceAccount",
+                        agent=self.name,
+                        registered_by=self._foreign_owner,
+                        identity=self._identity,
+                    )
+                else:
+                    self._api_failed(error, "register")
             else:
                 self._api_answered()
                 if registered:
@@ -123,10 +147,12 @@ class Sidecar:
 
     def _register_once(self) -> bool:
         owner = self._owner_reference()
+        identity = self._whoami()
         existing = self.api.get_agent(self.name)
+        self._foreign_owner = None
         if existing is None:
             self._wrote_agent = True
-            created = self.api.create_agent(build_agent(self.config, owner))
+            created = self.api.create_agent(build_agent(self.config, owner, identity))
             self._uid = created["metadata"]["uid"]
             log(logging.INFO, "registered: created the agent", **self._describe(created, owner))
             return True
@@ -137,8 +163,12 @@ class Sidecar:
                 self._waiting_for_deletion = True
             return False
         self._waiting_for_deletion = False
+        previous_owner = registered_by(existing)
+        if previous_owner and previous_owner != identity:
+            # Tried all the same: an identity allowed to override agents may adopt it.
+            self._foreign_owner = previous_owner
         self._wrote_agent = True
-        adopted = self.api.patch_agent(self.name, build_adoption_patch(existing, self.config, owner))
+        adopted = self.api.patch_agent(self.name, build_adoption_patch(existing, self.config, owner, identity))
         self._uid = adopted["metadata"]["uid"]
         self._sequence = max(self._sequence, heartbeat_sequence(existing))
         log(
@@ -149,6 +179,24 @@ class Sidecar:
             **self._describe(adopted, owner),
         )
         return True
+
+    def _whoami(self) -> str | None:
+        """This sidecar's username, asked once; None (and a warning) when the API server will not say."""
+        if self._identity_resolved:
+            return self._identity
+        try:
+            self._identity = self.api.whoami() or None
+        except ApiError as error:
+            if error.transient:
+                raise
+            log(
+                logging.WARNING,
+                "cannot learn this sidecar's username (SelfSubjectReview); the agent is registered unowned, "
+                "so the owner rule cannot protect it",
+                error=str(error),
+            )
+        self._identity_resolved = True
+        return self._identity
 
     def _owner_reference(self) -> dict[str, Any] | None:
         """The Pod to own the Agent, looked up once; None (and a log line saying why) when there is none."""
@@ -189,6 +237,7 @@ class Sidecar:
             "type": spec.type,
             "endpoint": f"{spec.host}:{spec.port}",
             "owner_pod": owner["name"] if owner else None,
+            "registered_by": registered_by(agent),
         }
 
     # -- heartbeats ----------------------------------------------------------------------
@@ -241,7 +290,13 @@ class Sidecar:
 
     # -- the API server's state ----------------------------------------------------------
 
-    def _api_failed(self, error: ApiError, action: str) -> None:
+    def _api_failed(
+        self,
+        error: ApiError,
+        action: str,
+        message: str = "kubernetes API call failing; retrying with backoff",
+        **details: Any,
+    ) -> None:
         if self._trouble is not None and self._trouble[0] == error.status:
             status, since, failures = self._trouble
             self._trouble = (status, since, failures + 1)
@@ -251,11 +306,12 @@ class Sidecar:
         self._trouble = (error.status, since, failures)
         log(
             logging.WARNING if error.transient else logging.ERROR,
-            "kubernetes API call failing; retrying with backoff",
+            message,
             action=action,
             status=error.status,
             error=str(error),
             server=self.api.server,
+            **details,
         )
 
     def _api_answered(self) -> None:
@@ -286,6 +342,10 @@ class Sidecar:
                 agent = self.api.get_agent(self.name, timeout=timeout)
                 if agent is None:
                     log(logging.INFO, "deregistered: the agent was already gone", agent=self.name)
+                    return EXIT_OK
+                owner = registered_by(agent)
+                if owner and self._identity and owner != self._identity:
+                    log(logging.INFO, "left the agent in place: another identity registered it", registered_by=owner)
                     return EXIT_OK
                 if not is_written_by(agent, self.source, self._uid):
                     writer = heartbeat_writer(agent)

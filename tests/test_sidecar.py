@@ -544,6 +544,9 @@ class ScriptedApi(AgentApi):
         if self._failures.get(call):
             raise self._failures[call].pop(0)
 
+    def whoami(self) -> str:
+        return "system:serviceaccount:team-a:cost-agent"
+
     def get_agent(self, name: str, timeout: float | None = None) -> dict[str, Any] | None:
         self.calls.append(("get", None))
         return self._agents.pop(0)

@@ -135,6 +135,26 @@ class Authenticator:
         """
         if not self.enabled:
             return
+        allowed, reason = await self._permitted(caller, verb, namespace, name, subresource)
+        if not allowed:
+            # Denials are not cached: granting a Role should take effect at once.
+            metrics.AUTH.labels(result="denied").inc()
+            resource = c.PLURAL + (f"/{subresource}" if subresource else "")
+            target = f" {name!r}" if name else ""
+            message = f"{caller.user} may not {verb} {resource}{target} in namespace {namespace!r}"
+            raise ApiError(403, message + (f": {reason}" if reason else ""))
+
+    async def may(self, caller: Caller, verb: str, namespace: str, *, name: str | None = None) -> bool:
+        """Whether RBAC lets ``caller`` do ``verb`` on agents in ``namespace``, as a yes or no
+        (for questions such as "may this caller override agents?" that are not themselves refusals)."""
+        if not self.enabled:
+            return True
+        allowed, _ = await self._permitted(caller, verb, namespace, name, None)
+        return allowed
+
+    async def _permitted(
+        self, caller: Caller, verb: str, namespace: str, name: str | None, subresource: str | None
+    ) -> tuple[bool, str]:
         attributes: dict[str, str] = {
             "namespace": namespace,
             "verb": verb,
@@ -147,13 +167,7 @@ class Authenticator:
         allowed, reason = await self._decide(caller, attributes)
         if not allowed and name:
             allowed, reason = await self._decide(caller, {**attributes, "name": name})
-        if not allowed:
-            # Denials are not cached: granting a Role should take effect at once.
-            metrics.AUTH.labels(result="denied").inc()
-            resource = c.PLURAL + (f"/{subresource}" if subresource else "")
-            target = f" {name!r}" if name else ""
-            message = f"{caller.user} may not {verb} {resource}{target} in namespace {namespace!r}"
-            raise ApiError(403, message + (f": {reason}" if reason else ""))
+        return allowed, reason
 
     async def _decide(self, caller: Caller, attributes: dict[str, str]) -> tuple[bool, str]:
         key = (caller, tuple(sorted(attributes.items())))

@@ -8,6 +8,9 @@
   only; ``reportedMetadata`` is merged by the merge-patch itself.
 * unregister deletes the object, with the uid as a precondition so that a replacement
   created meanwhile under the same name survives.
+* with authentication on, register records the caller's username in the Agent's
+  registered-by annotation, and heartbeats, re-registrations and unregisters by another
+  caller are refused unless it may override agents (``owners.py``, the owner rule).
 
 The operator owns the index; writes never touch Redis (see ``recent.py`` for how clients
 still read their writes back at once).
@@ -28,6 +31,7 @@ from agent_registry.facade import metrics
 from agent_registry.facade.auth import Authenticator, Caller
 from agent_registry.facade.errors import AGENT_NOT_FOUND, ApiError, bad_request, not_found, unavailable
 from agent_registry.facade.kube import Kube, KubeError, KubeUnavailable
+from agent_registry.facade.owners import Owners, registered_by
 from agent_registry.facade.reads import Located
 from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.settings import FacadeSettings
@@ -75,6 +79,7 @@ class Writes:
         self.recent = recent
         self.settings = settings
         self.sequence = HeartbeatSequence()
+        self.owners = Owners(auth)
         # Validated once: a bad combination fails at start-up, not at the first registration.
         self.heartbeat_settings = HeartbeatSettings(
             interval_seconds=settings.heartbeat_interval_seconds,
@@ -90,14 +95,17 @@ class Writes:
         spec.heartbeat = self.heartbeat_settings.model_copy()
         for _ in range(_CONFLICT_ATTEMPTS):
             agent_id = str(uuid.uuid4())
+            metadata: dict[str, Any] = {
+                "name": request.name,
+                "namespace": namespace,
+                "labels": {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: request.type},
+            }
+            if caller.authenticated:
+                metadata["annotations"] = {c.REGISTERED_BY_ANNOTATION: caller.user}
             body = {
                 "apiVersion": c.API_VERSION,
                 "kind": c.KIND,
-                "metadata": {
-                    "name": request.name,
-                    "namespace": namespace,
-                    "labels": {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: request.type},
-                },
+                "metadata": metadata,
                 "spec": spec.model_dump(mode="json", by_alias=True),
             }
             try:
@@ -109,6 +117,7 @@ class Writes:
                         return response
                     continue  # deleted between the create and the read: create again
                 raise self._rejected(exc, namespace) from exc
+            self.owners.remember(created)
             now = _whole_seconds(_now())
             resource = await self._write_status(
                 namespace, request.name, created, _registration_status(agent_id, now, self.sequence.next())
@@ -135,6 +144,9 @@ class Writes:
                     f"agent {request.name!r} already exists with type {old_spec.get('type')!r}; "
                     "an agent's type cannot change (unregister it first)",
                 )
+            # The same name from another identity is not a re-registration but a takeover.
+            owner = registered_by(existing)
+            await self.owners.require(caller, namespace, request.name, owner, "register")
             meta = existing.get("metadata") or {}
             status = existing.get("status") or {}
             agent_id = _existing_id(existing) or str(uuid.uuid4())
@@ -151,6 +163,8 @@ class Writes:
                 },
                 "spec": new_spec,
             }
+            if caller.authenticated and not owner:
+                patch["metadata"]["annotations"] = {c.REGISTERED_BY_ANNOTATION: caller.user}  # claim the unowned
             try:
                 updated = await self._kube(self.kube.patch_agent(namespace, request.name, patch), "update the agent")
             except KubeError as exc:
@@ -159,6 +173,7 @@ class Writes:
                 if exc.status == 404:
                     return None
                 raise self._rejected(exc, namespace) from exc
+            self.owners.remember(updated)
             registered_at = _parse_time(status.get("registeredAt")) or _whole_seconds(_now())
             new_status = _registration_status(agent_id, registered_at, self.sequence.next())
             resource = await self._write_status(namespace, request.name, updated, new_status)
@@ -196,7 +211,8 @@ class Writes:
 
     # --- heartbeat -------------------------------------------------------------------------
 
-    async def heartbeat(self, agent: Located, request: HeartbeatRequest) -> HeartbeatResponse:
+    async def heartbeat(self, caller: Caller, agent: Located, request: HeartbeatRequest) -> HeartbeatResponse:
+        await self._require_owner(caller, agent, "heartbeat")
         now = _now()
         fields: dict[str, Any] = {
             "last_heartbeat_time": now,
@@ -217,6 +233,7 @@ class Writes:
                 metrics.OPERATIONS.labels(operation="heartbeat", outcome="unknown").inc()
                 raise not_found() from exc
             raise self._rejected(exc, agent.namespace) from exc
+        self.owners.remember(resource)
         if _existing_id(resource) not in (None, agent.agent_id):
             # The name now belongs to another agent (deleted and registered again while the
             # index still pointed here). Telling the caller its id is unknown makes it register
@@ -236,7 +253,8 @@ class Writes:
 
     # --- unregister -------------------------------------------------------------------------
 
-    async def unregister(self, agent: Located) -> None:
+    async def unregister(self, caller: Caller, agent: Located) -> None:
+        await self._require_owner(caller, agent, "unregister")
         try:
             await self._kube(
                 self.kube.delete_agent(agent.namespace, agent.name, agent.uid or None), "unregister the agent"
@@ -250,6 +268,21 @@ class Writes:
         self.recent.deleted(agent.agent_id, agent.namespace, agent.name)
         metrics.OPERATIONS.labels(operation="unregister", outcome="deleted").inc()
         logger.info("unregistered agent %s/%s (%s)", agent.namespace, agent.name, agent.agent_id)
+
+    # --- the owner rule ---------------------------------------------------------------------------
+
+    async def _require_owner(self, caller: Caller, agent: Located, action: str) -> None:
+        """403 unless the caller registered this agent, it is unowned, or the caller may override agents."""
+        if not caller.authenticated:
+            return
+        owner = self.owners.known(agent.namespace, agent.name, agent.uid)
+        if owner is None:
+            resource = await self._kube(self.kube.get_agent(agent.namespace, agent.name), f"{action} the agent")
+            if resource is None:
+                return  # gone: the write itself answers 404
+            # Whatever object holds the name now is the one the write would reach.
+            owner = self.owners.remember(resource)
+        await self.owners.require(caller, agent.namespace, agent.name, owner, action)
 
     # --- errors ---------------------------------------------------------------------------------
 

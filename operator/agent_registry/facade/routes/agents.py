@@ -139,13 +139,15 @@ async def get_agent(agent: ReadableAgent) -> JSONResponse:
     summary="Record a heartbeat; metadata is merged into the agent's",
     responses=documented(400, 401, 403, 404, 413, 503),
 )
-async def heartbeat(registry: RegistryDep, agent: HeartbeatingAgent, body: HeartbeatRequest) -> HeartbeatResponse:
-    return await registry.writes.heartbeat(agent, body)
+async def heartbeat(
+    registry: RegistryDep, caller: CallerDep, agent: HeartbeatingAgent, body: HeartbeatRequest
+) -> HeartbeatResponse:
+    return await registry.writes.heartbeat(caller, agent, body)
 
 
 @router.post(
     "/{agent_id}/unregister", summary="Unregister (delete) an agent", responses=documented(400, 401, 403, 404, 503)
 )
-async def unregister(registry: RegistryDep, agent: DeletableAgent) -> MessageResponse:
-    await registry.writes.unregister(agent)
+async def unregister(registry: RegistryDep, caller: CallerDep, agent: DeletableAgent) -> MessageResponse:
+    await registry.writes.unregister(caller, agent)
     return MessageResponse(message=UNREGISTERED)
