@@ -124,6 +124,8 @@ BAD_VALUES = [
     (["--set", "facade.service.type=ExternalName"], "/facade/service/type"),
     (["--set", "image.digest=latest"], "/image/digest"),
     (["--set", "operator.bogus=1"], "bogus"),
+    (["--set", "ownerRestriction.validationActions={Block}"], "/ownerRestriction/validationActions/0"),
+    (["--set", "ownerRestriction.validationActions={Deny,Warn}"], "/ownerRestriction/validationActions"),
     # Rules across fields, checked by the templates.
     (["--set", "operator.leaderElection.enabled=false"], "needs operator.leaderElection.enabled"),
     (["--set", "operator.leaderElection.renewSeconds=20"], "leaseDurationSeconds must exceed renewSeconds"),
@@ -244,7 +246,7 @@ def test_every_pod_is_locked_down(binaries: Binaries, values: Path | None) -> No
 AGENTS = "registry.optiinfra.io"
 OPERATOR_AGENT_RULES = {
     (AGENTS, "agents", "get"), (AGENTS, "agents", "list"), (AGENTS, "agents", "watch"),
-    (AGENTS, "agents", "patch"), (AGENTS, "agents", "delete"),
+    (AGENTS, "agents", "patch"), (AGENTS, "agents", "delete"), (AGENTS, "agents", "override"),
     (AGENTS, "agents/status", "patch"),
     ("", "events", "create"),
 }  # fmt: skip
@@ -259,7 +261,7 @@ LEADER_RULES = {
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"), ("", "events", "create"),
 }  # fmt: skip
-FACADE_AGENT_RULES = {(AGENTS, "agents", v) for v in ("get", "list", "create", "patch", "delete")} | {
+FACADE_AGENT_RULES = {(AGENTS, "agents", v) for v in ("get", "list", "create", "patch", "delete", "override")} | {
     (AGENTS, "agents/status", "patch")
 }
 FACADE_AUTH_RULES = {
@@ -277,8 +279,17 @@ def test_clusterwide_rbac_is_exactly_what_each_component_needs(defaults: list[di
     assert rules(leader) == LEADER_RULES
     assert rules(one(defaults, "ClusterRole", "reg-agent-registry-facade")) == FACADE_AGENT_RULES
     assert rules(one(defaults, "ClusterRole", "reg-agent-registry-facade-auth")) == FACADE_AUTH_RULES
+    # The owner rule's exemption, for Kubernetes' garbage collector (ownerRestriction.overrideSubjects).
+    assert rules(one(defaults, "ClusterRole", "reg-agent-registry-override")) == {(AGENTS, "agents", "override")}
+    override = one(defaults, "ClusterRoleBinding", "reg-agent-registry-override")
+    assert {s["name"] for s in override["subjects"]} == {"system:kube-controller-manager", "generic-garbage-collector"}
+    # For people, bound by the cluster's admins: every verb on agents, none elsewhere.
+    admin = rules(one(defaults, "ClusterRole", "reg-agent-registry-admin"))
+    assert {(g, r) for g, r, _ in admin} == {(AGENTS, "agents"), (AGENTS, "agents/status")}
+    assert (AGENTS, "agents", "override") in admin
     for binding in find(defaults, "ClusterRoleBinding") + find(defaults, "RoleBinding"):
-        assert binding["subjects"][0]["kind"] == "ServiceAccount"
+        if binding is not override:
+            assert binding["subjects"][0]["kind"] == "ServiceAccount"
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
 
 
@@ -291,9 +302,17 @@ def test_namespaced_rbac_uses_roles_in_the_listed_namespaces(binaries: Binaries)
     assert {r["metadata"]["namespace"] for r in facade_roles} == {"team-a", "team-b"}
     cluster_roles = {r["metadata"]["name"]: rules(r) for r in find(objects, "ClusterRole")}
     # Only kopf's reads of CRDs and namespaces and the cluster-scoped review APIs stay cluster-wide.
-    assert cluster_roles == {
-        "reg-agent-registry-operator-framework": KOPF_CLUSTER_RULES,
-        "reg-agent-registry-facade-auth": FACADE_AUTH_RULES,
+    # (and the admin and override ClusterRoles, which are bound per namespace or not at all).
+    assert cluster_roles.keys() - {"reg-agent-registry-admin", "reg-agent-registry-override"} == {
+        "reg-agent-registry-operator-framework",
+        "reg-agent-registry-facade-auth",
+    }
+    assert cluster_roles["reg-agent-registry-operator-framework"] == KOPF_CLUSTER_RULES
+    assert cluster_roles["reg-agent-registry-facade-auth"] == FACADE_AUTH_RULES
+    assert not find(objects, "ClusterRoleBinding", "reg-agent-registry-override")
+    assert {b["metadata"]["namespace"] for b in find(objects, "RoleBinding", "reg-agent-registry-override")} == {
+        "team-a",
+        "team-b",
     }
     operator = container(one(objects, "Deployment", "reg-agent-registry-operator"), "operator")
     assert env_of(operator)["AGENT_REGISTRY_NAMESPACES"] == "team-a,team-b"
