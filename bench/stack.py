@@ -104,6 +104,7 @@ class Stack:
         self.facade: ManagedProcess | None = None
         self.operator_metrics_port = 0
         self.facade_port = 0
+        self.facade_metrics_port = 0
         self.token = ""
         self._operator_starts = 0
 
@@ -274,9 +275,11 @@ class Stack:
 
     def start_facade(self, extra_env: dict[str, str] | None = None) -> ManagedProcess:
         self.facade_port = free_port()
+        self.facade_metrics_port = free_port()
         env = self._child_env() | {
             "AGENT_REGISTRY_FACADE_HOST": LOOPBACK,
             "AGENT_REGISTRY_FACADE_PORT": str(self.facade_port),
+            "AGENT_REGISTRY_FACADE_METRICS_PORT": str(self.facade_metrics_port),
             "AGENT_REGISTRY_FACADE_NAMESPACE": self.namespace,
             "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "true" if self.facade_auth else "false",
             "AGENT_REGISTRY_REDIS_URL": self.redis_url,
@@ -303,7 +306,7 @@ class Stack:
             self.facade = None
 
     def facade_metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        status, text = http_get(f"{self.facade_url}/metrics")
+        status, text = http_get(f"http://{LOOPBACK}:{self.facade_metrics_port}/metrics")
         return parse_metrics(text) if status == 200 else []
 
     # --- etcd -----------------------------------------------------------------------------------

@@ -40,9 +40,12 @@ class FacadeProcess:
         auth: bool = False,
         name: str = "facade",
         port: int | None = None,
+        metrics_port: int | None = None,
         **overrides: Any,
     ) -> None:
         self.port = port or free_port()
+        # 0 serves the metrics on the API port, behind auth; by default they get their own port.
+        self.metrics_port = free_port() if metrics_port is None else metrics_port
         self.namespace = namespace
         self.log_path = log_dir / f"{name}.log"
         # Nothing from the developer's own environment leaks into the settings.
@@ -52,6 +55,7 @@ class FacadeProcess:
             "KUBECONFIG": str(kubeconfig),
             "AGENT_REGISTRY_FACADE_HOST": "127.0.0.1",
             "AGENT_REGISTRY_FACADE_PORT": str(self.port),
+            "AGENT_REGISTRY_FACADE_METRICS_PORT": str(self.metrics_port),
             "AGENT_REGISTRY_FACADE_NAMESPACE": namespace,
             "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "true" if auth else "false",
             "AGENT_REGISTRY_REDIS_URL": redis_url,
@@ -64,6 +68,17 @@ class FacadeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port or self.port}/metrics"
+
+    def metrics(self, token: str | None = None) -> str:
+        """The Prometheus text, from wherever this facade serves it."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(self.metrics_url, headers=headers, timeout=10, trust_env=False)
+        response.raise_for_status()
+        return response.text
 
     def start(self, wait: bool = True) -> FacadeProcess:
         with self.log_path.open("ab") as log:

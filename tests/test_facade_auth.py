@@ -102,10 +102,35 @@ def test_no_or_bad_token_is_401(secured: FacadeProcess, agents: Agents) -> None:
     assert agents.list() == []
 
 
-def test_probes_metrics_and_docs_need_no_token(secured: FacadeProcess) -> None:
+def test_probes_and_docs_need_no_token(secured: FacadeProcess) -> None:
     with secured.client() as anonymous:
-        for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs"):
+        for path in ("/health", "/ready", "/openapi.json", "/docs"):
             assert anonymous.get(path).status_code == 200, path
+
+
+def test_metrics_are_on_their_own_port_not_the_api_port(secured: FacadeProcess) -> None:
+    # Who may scrape them is a matter of who can reach that port (the chart gives it a
+    # ClusterIP Service of its own); the API port, which every client reaches, has none.
+    assert "agent_registry_facade_requests_total" in secured.metrics()
+    with secured.client() as anonymous:
+        assert anonymous.get("/metrics").status_code == 404
+    assert "/metrics" not in httpx.get(f"{secured.url}/openapi.json", timeout=10, trust_env=False).json()["paths"]
+
+
+def test_metrics_on_the_api_port_need_the_right_to_list_agents(
+    make_facade: Callable[..., FacadeProcess], cluster: Cluster, namespace: str
+) -> None:
+    facade = make_facade(auth=True, auth_cache_seconds=0, metrics_port=0)
+    cluster.grant("reader", READER_RULES)
+    with facade.client() as anonymous:
+        assert_error(anonymous.get("/metrics"), 401, "missing bearer token")
+    with facade.client(token=cluster.token("nobody")) as nobody:
+        assert_error(nobody.get("/metrics"), 403, "may not list agents", namespace)
+    with facade.client(token=cluster.token("reader")) as reader:
+        response = reader.get("/metrics")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/plain")
+        assert 'agent_registry_facade_auth_total{result="denied"}' in response.text
 
 
 def test_a_service_account_without_rbac_is_403(secured: FacadeProcess, cluster: Cluster, namespace: str) -> None:
@@ -285,7 +310,7 @@ def test_decisions_are_cached_for_repeated_calls(make_facade: Callable[..., Faca
         agent_id = http.post("/agents/register", json=registration("a")).json()["agent_id"]
         for _ in range(5):
             assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}).status_code == 200
-        metrics = http.get("/metrics").text
+        metrics = facade.metrics()
     # One token review and a handful of access reviews, not two per request.
     allowed = next(
         line for line in metrics.splitlines() if line.startswith('agent_registry_facade_auth_total{result="allowed"}')

@@ -364,10 +364,10 @@ def test_openapi_and_docs(http: httpx.Client) -> None:
         ("/agents/healthy", "get"),
         ("/agents/route", "get"),
         ("/ready", "get"),
-        ("/metrics", "get"),
     ]:
         assert method in paths[path], path
         assert "422" not in paths[path][method]["responses"]
+    assert "/metrics" not in paths  # on a port of its own by default
     assert "201" in paths["/agents/register"]["post"]["responses"]
     assert "400" in paths["/agents/register"]["post"]["responses"]
     docs = http.get("/docs")
@@ -375,11 +375,14 @@ def test_openapi_and_docs(http: httpx.Client) -> None:
     assert "swagger" in docs.text.lower()
 
 
-def test_metrics(http: httpx.Client) -> None:
+def test_metrics(facade: FacadeProcess, http: httpx.Client) -> None:
     agent_id = register(http, "cost-1")["agent_id"]
     http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"})
     http.get("/agents/123e4567-e89b-12d3-a456-426614174000")
-    response = http.get("/metrics")
+    # Their own port, not the API's.
+    assert facade.metrics_port != facade.port
+    assert http.get("/metrics").status_code == 404
+    response = httpx.get(facade.metrics_url, timeout=10, trust_env=False)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

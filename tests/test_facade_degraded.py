@@ -58,8 +58,8 @@ def readiness(http: httpx.Client) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
-def fallback_lists(http: httpx.Client) -> float:
-    for line in http.get("/metrics").text.splitlines():
+def fallback_lists(facade: FacadeProcess) -> float:
+    for line in facade.metrics().splitlines():
         if line.startswith("agent_registry_facade_fallback_lists_total "):
             return float(line.split()[1])
     return 0.0
@@ -119,10 +119,10 @@ def test_redis_down_reads_stay_correct(
         assert names(http) == ["cost-a", "perf-b"]
 
         # Concurrent queries share LISTs of the API server instead of one each.
-        before = fallback_lists(http)
+        before = fallback_lists(facade)
         answers = asyncio.run(concurrent_queries(facade, 40))
         assert all(answer == ["cost-a", "perf-b"] for answer in answers), answers
-        assert fallback_lists(http) - before < 40
+        assert fallback_lists(facade) - before < 40
         facade.check_alive()
     finally:
         redis_server.start()
@@ -131,7 +131,7 @@ def test_redis_down_reads_stay_correct(
     wait_for("ready again", lambda: ready(http), timeout=60)
     wait_for("indexed again", lambda: indexed_status(redis_url, namespace, perf) == "degraded")
     assert names(http) == ["cost-a", "perf-b"]
-    assert 'agent_registry_facade_reads_total{source="api"}' in http.get("/metrics").text
+    assert 'agent_registry_facade_reads_total{source="api"}' in facade.metrics()
 
 
 def test_api_server_down_writes_503_reads_from_redis(

@@ -140,7 +140,7 @@ def test_openapi_contract_holds_for_generated_requests(
         try:
             check()
         except Unsatisfiable:
-            # No parameters and no body (/health, /ready, /metrics): nothing to make invalid.
+            # No parameters and no body (/health, /ready): nothing to make invalid.
             assert mode is GenerationMode.NEGATIVE, operation.path
         except Exception as exc:  # collect every operation's failure, not just the first
             failures.append(f"{operation.method.upper()} {operation.path}: {exc}")

@@ -113,6 +113,7 @@ def test_ci_values_pass_server_side_dry_run(
 BAD_VALUES = [
     (["--set", "operator.replicas=-1"], "/operator/replicas"),
     (["--set", "facade.port=70000"], "/facade/port"),
+    (["--set", "facade.metricsPort=70000"], "/facade/metricsPort"),
     (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
     (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0"),
     (["--set", "operator.selfPreservation.share=1.5"], "/operator/selfPreservation/share"),
@@ -133,6 +134,7 @@ BAD_VALUES = [
     (["--set", "operator.shutdownTimeoutSeconds=30"], "must be below operator.terminationGracePeriodSeconds"),
     (["--set", "facade.shutdownTimeoutSeconds=30"], "must be below facade.terminationGracePeriodSeconds"),
     (["--set", "facade.heartbeat.unreachableAfterSeconds=30"], "must exceed facade.heartbeat.intervalSeconds"),
+    (["--set", "facade.metricsPort=8080"], "facade.metricsPort must differ from facade.port"),
     (["--set", "watchNamespaces={a,b}", "--set", "facade.defaultNamespace=c"], "must be one of watchNamespaces"),
 ]
 
@@ -192,6 +194,44 @@ def test_facade_has_probes_service_and_disruption_budget(defaults: list[dict[str
     pdb = one(defaults, "PodDisruptionBudget", "reg-agent-registry-facade")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def ports_of(c: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+
+
+def test_facade_metrics_have_a_port_and_service_the_api_service_never_exposes(binaries: Binaries) -> None:
+    values = CHART / "ci" / "monitoring-values.yaml"  # the API behind a LoadBalancer, ServiceMonitors on
+    objects = render(binaries, "-f", str(values))
+    facade = container(one(objects, "Deployment", "reg-agent-registry-facade"), "facade")
+    assert ports_of(facade) == {"http": 8080, "metrics": 9091}
+    assert env_of(facade)["AGENT_REGISTRY_FACADE_METRICS_PORT"] == "9091"
+    api = one(objects, "Service", "reg-agent-registry-facade")
+    assert api["spec"]["type"] == "LoadBalancer"
+    assert [p["targetPort"] for p in api["spec"]["ports"]] == ["http"]
+    metrics = one(objects, "Service", "reg-agent-registry-facade-metrics")
+    assert metrics["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [("metrics", "metrics")]
+    monitor = one(objects, "ServiceMonitor", "reg-agent-registry-facade")
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+    assert "authorization" not in monitor["spec"]["endpoints"][0]
+
+
+def test_facade_metrics_on_the_api_port_are_scraped_with_credentials(binaries: Binaries) -> None:
+    authorization = {"type": "Bearer", "credentials": {"name": "prometheus-token", "key": "token"}}
+    args = ["--set", "facade.metricsPort=0", "--set", "metrics.serviceMonitor.enabled=true"]
+    args += ["--set-json", f"metrics.serviceMonitor.facadeAuthorization={json.dumps(authorization)}"]
+    objects = render(binaries, *args)
+    facade = container(one(objects, "Deployment", "reg-agent-registry-facade"), "facade")
+    assert ports_of(facade) == {"http": 8080}
+    assert env_of(facade)["AGENT_REGISTRY_FACADE_METRICS_PORT"] == "0"
+    assert not find(objects, "Service", "reg-agent-registry-facade-metrics")
+    monitor = one(objects, "ServiceMonitor", "reg-agent-registry-facade")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["authorization"] == authorization
+    # The operator's endpoint is unchanged: its own metrics port, no credentials.
+    operator = one(objects, "ServiceMonitor", "reg-agent-registry-operator")["spec"]["endpoints"][0]
+    assert operator["port"] == "metrics" and "authorization" not in operator
 
 
 def test_facade_env_names_are_settings_it_reads(defaults: list[dict[str, Any]]) -> None:

@@ -176,6 +176,9 @@ def test_make_run_uses_the_cluster_kubeconfig_names(
             agent = json.loads(controlplane.kubectl("get", "agent", name, "-n", namespace, "-o", "json").stdout)
             assert agent["spec"]["heartbeat"] == expected, name
         assert http.post(f"/agents/{registered.json()['agent_id']}/unregister").status_code == 200
+        # The facade's metrics are on their own port, which the run prints; not on the API's.
+        assert http.get("/metrics").status_code == 404
+        assert "agent_registry_facade_requests_total" in http.get(state["facade_metrics_url"]).text
 
     assert run.interrupt() == 0
     check_all_stopped(run, state)

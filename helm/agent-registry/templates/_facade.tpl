@@ -23,6 +23,8 @@
   value: "0.0.0.0"
 - name: AGENT_REGISTRY_FACADE_PORT
   value: {{ $facade.port | quote }}
+- name: AGENT_REGISTRY_FACADE_METRICS_PORT
+  value: {{ $facade.metricsPort | quote }}
 - name: AGENT_REGISTRY_FACADE_NAMESPACE
   value: {{ include "agent-registry.facade.namespace" . | quote }}
 # A `namespace` query parameter may only name namespaces the operator watches.

@@ -150,6 +150,9 @@ podAntiAffinity:
 {{- if le (int .Values.facade.heartbeat.unreachableAfterSeconds) (int .Values.facade.heartbeat.intervalSeconds) }}
 {{- fail "facade.heartbeat.unreachableAfterSeconds must exceed facade.heartbeat.intervalSeconds" }}
 {{- end }}
+{{- if eq (int .Values.facade.metricsPort) (int .Values.facade.port) }}
+{{- fail "facade.metricsPort must differ from facade.port (0 serves /metrics on the API port, behind auth)" }}
+{{- end }}
 {{- if ge (float64 .Values.facade.shutdownTimeoutSeconds) (float64 .Values.facade.terminationGracePeriodSeconds) }}
 {{- fail "facade.shutdownTimeoutSeconds must be below facade.terminationGracePeriodSeconds, or the kubelet kills requests in flight" }}
 {{- end }}

@@ -83,6 +83,17 @@ def _may(verb: str) -> Callable[..., Awaitable[Caller]]:
 
 MayList = Annotated[Caller, Depends(_may("list"))]
 
+
+async def _may_read_metrics(registry: RegistryDep, caller: CallerDep) -> Caller:
+    # The metrics cover every namespace served; the facade's own namespace decides, as it
+    # does for ``GET /agents`` without ``?namespace=``.
+    await registry.auth.authorize(caller, "list", registry.settings.namespace)
+    return caller
+
+
+MayReadMetrics = Annotated[Caller, Depends(_may_read_metrics)]
+"""A caller that may list the agents of the facade's namespace, hence read the metrics on the API port."""
+
 AgentIdPath = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="The agent's id (a UUID).")]
 
 

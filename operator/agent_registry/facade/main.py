@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +11,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from agent_registry.facade import errors
+from agent_registry.facade import errors, metrics
 from agent_registry.facade.limits import BodySizeLimit
 from agent_registry.facade.metrics import MetricsMiddleware
 from agent_registry.facade.routes import agents, health
+from agent_registry.facade.routes import metrics as metrics_route
 from agent_registry.facade.settings import FacadeSettings
 from agent_registry.facade.state import Registry
 
@@ -37,6 +39,11 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = registry or Registry.from_settings(settings)
         app.state.registry = state
+        stop_metrics = metrics.serve(settings.metrics_port, settings.host) if settings.metrics_port else None
+        if stop_metrics is not None:
+            logger.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+        else:
+            logger.info("metrics on the API port at /metrics, behind the same check as GET /agents")
         if not settings.auth_enabled:
             logger.warning(
                 "AUTHENTICATION IS DISABLED (AGENT_REGISTRY_FACADE_AUTH_ENABLED=false): anyone who reaches "
@@ -52,6 +59,8 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                await asyncio.to_thread(stop_metrics)
             await state.aclose()
 
     app = FastAPI(
@@ -69,6 +78,8 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
     errors.install(app)
     app.include_router(health.router)
     app.include_router(agents.router)
+    if not settings.metrics_port:
+        app.include_router(metrics_route.router)
     # Added last runs first: metrics see every answer, including the body limit's 413.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the facade, served at ``GET /metrics``.
+"""Prometheus metrics of the facade, served at ``GET /metrics`` on their own port (``metrics_port``),
+or on the API port behind authentication when that is 0.
 
 Requests are labelled by route template (``/agents/{agent_id}``), never by the raw path,
 so the number of series does not grow with the number of agents.
@@ -7,8 +8,9 @@ so the number of series does not grow with the number of agents.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _NS = "agent_registry_facade"
@@ -39,6 +41,23 @@ DEPENDENCY_UP = Gauge(f"{_NS}_dependency_up", "Whether a dependency answered the
 
 def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, host: str) -> Callable[[], None]:
+    """Serve the metrics on ``host:port`` from a thread of their own; returns what stops it.
+
+    A thread rather than a second server on the event loop: a scrape then costs the API
+    nothing but the rendering, and a slow scraper holds no connection slot of the API.
+    Raises ``OSError`` when the port is taken, which fails the start-up.
+    """
+    server, thread = start_http_server(port, host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
 
 
 class MetricsMiddleware:

@@ -37,6 +37,14 @@ class FacadeSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     """The port existing agents know (the original registry's default ``orchestrator_url``)."""
 
+    metrics_port: int = Field(default=9091, ge=0, le=65535)
+    """Prometheus metrics (``GET /metrics``) on a port of their own at ``host``, as the operator
+    serves its own: request counts by route, outcomes and auth decisions say how big the fleet
+    is and who is turned away, so they are not on the port every agent and client reaches (a
+    Service exposing the API, even a LoadBalancer, does not expose this one). 0 serves
+    ``GET /metrics`` on the API port instead, behind the same check as ``GET /agents``: a token
+    that may list agents in ``namespace``."""
+
     namespace: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)] = "default"
     """Where agents registered through the REST API live when a request names no namespace.
     Existing agents know nothing about namespaces, so this is where they all land."""
@@ -144,6 +152,8 @@ class FacadeSettings(BaseSettings):
     def _consistent(self) -> Self:
         if self.unreachable_after_seconds <= self.heartbeat_interval_seconds:
             raise ValueError("unreachable_after_seconds must be greater than heartbeat_interval_seconds")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (0 serves metrics on the API port, behind auth)")
         if self.allowed_namespaces and self.namespace not in self.allowed_namespaces:
             raise ValueError(f"namespace {self.namespace!r} must be one of allowed_namespaces")
         return self

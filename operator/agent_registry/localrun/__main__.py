@@ -91,7 +91,11 @@ def _banner(endpoints: Endpoints) -> str:
         f"  kubeconfig   export KUBECONFIG={endpoints.kubeconfig}",
         f"               {kubectl} get agents -A",
         f"               {kubectl} get ag -n {endpoints.namespace} -o wide",
-        f"  metrics      {endpoints.operator_metrics_url}",
+        f"  metrics      {endpoints.operator_metrics_url}   (operator)",
+    ]
+    if endpoints.facade_metrics_url:
+        lines += [f"               {endpoints.facade_metrics_url}   (REST API)"]
+    lines += [
         f"  logs         {endpoints.logs}/",
         "  demo agents  " + ", ".join(endpoints.demo_agents),
     ]

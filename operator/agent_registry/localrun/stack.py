@@ -81,6 +81,7 @@ class Endpoints:
     namespace: str
     api_url: str | None
     operator_metrics_url: str
+    facade_metrics_url: str | None
     logs: Path
     kubectl: str
     demo_agents: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -180,7 +181,7 @@ class Stack:
         with self._stage("starting Redis (the index)"):
             redis = self._redis = self._exit.enter_context(LocalRedis())
         operator_metrics = self._start_operator(kubeconfig, redis.url)
-        api_url = self._start_facade(kubeconfig, redis.url)
+        api_url, facade_metrics = self._start_facade(kubeconfig, redis.url)
         demo_urls = self._start_demo_agents(kubeconfig)
         with self._stage("waiting until the demo agents are Healthy"):
             self._wait_healthy(api, [agent.name for agent in DEMO_AGENTS])
@@ -189,6 +190,7 @@ class Stack:
             namespace=self.options.namespace,
             api_url=api_url,
             operator_metrics_url=operator_metrics,
+            facade_metrics_url=facade_metrics,
             logs=self._workdir / "logs",
             kubectl=self._kubectl_command(),
             demo_agents=demo_urls,
@@ -263,22 +265,24 @@ class Stack:
             operator.wait_until(lambda: _http_ok(f"http://{LOOPBACK}:{health_port}/healthz"), 60, "/healthz answers")
         return f"http://{LOOPBACK}:{metrics_port}/metrics"
 
-    def _start_facade(self, kubeconfig: Path, redis_url: str) -> str | None:
+    def _start_facade(self, kubeconfig: Path, redis_url: str) -> tuple[str | None, str | None]:
+        """The REST API's URL and the facade's metrics URL (None, None without a facade)."""
         if not facade_available():
             with self._stage("the REST facade is not part of this installation: skipped"):
                 pass
-            return None
+            return None, None
         port = self.options.api_port
         if port is None:
             port = DEFAULT_API_PORT if port_is_free(DEFAULT_API_PORT) else free_port()
         elif port == 0:
             port = free_port()
-        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, self.options, redis_url)
+        metrics_port = free_port()
+        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, metrics_port, self.options, redis_url)
         url = f"http://{LOOPBACK}:{port}"
         with self._stage(f"starting the REST facade on {url} (no authentication: local use only)"):
             facade = self._child("facade", [sys.executable, "-m", FACADE_MODULE], env)
             facade.wait_until(lambda: _http_ok(f"{url}/health"), 60, "/health answers")
-        return url
+        return url, f"http://{LOOPBACK}:{metrics_port}/metrics"
 
     def _start_demo_agents(self, kubeconfig: Path) -> dict[str, str]:
         urls: dict[str, str] = {}
@@ -340,6 +344,7 @@ class Stack:
             "kubeconfig": str(self.endpoints.kubeconfig),
             "namespace": self.endpoints.namespace,
             "operator_metrics_url": self.endpoints.operator_metrics_url,
+            "facade_metrics_url": self.endpoints.facade_metrics_url,
             "demo_agents": self.endpoints.demo_agents,
             "workdir": str(self._workdir),
             "pids": self.pids(),
@@ -349,14 +354,15 @@ class Stack:
         tmp.replace(self.options.state_file)
 
 
-def facade_env(host: str, port: int, options: RunOptions, redis_url: str) -> dict[str, str]:
+def facade_env(host: str, port: int, metrics_port: int, options: RunOptions, redis_url: str) -> dict[str, str]:
     """The facade's settings for a local run: loopback, no authentication, the demo namespace,
     and the run's heartbeat timings, so that agents registered through REST get the same
     timings as the demo sidecars (a user who shortens them to try the registry expects every
-    agent to follow)."""
+    agent to follow). The metrics get a free port: a fixed one would collide with a second run."""
     return {
         "AGENT_REGISTRY_FACADE_HOST": host,
         "AGENT_REGISTRY_FACADE_PORT": str(port),
+        "AGENT_REGISTRY_FACADE_METRICS_PORT": str(metrics_port),
         "AGENT_REGISTRY_FACADE_NAMESPACE": options.namespace,
         "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "false",
         "AGENT_REGISTRY_FACADE_HEARTBEAT_INTERVAL_SECONDS": str(options.heartbeat_seconds),

@@ -1,13 +1,13 @@
-"""Liveness (``/health``: the process answers), readiness (``/ready``: its dependencies do) and metrics."""
+"""Liveness (``/health``: the process answers) and readiness (``/ready``: its dependencies do), open to
+anyone: probes carry no token."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from agent_registry.facade import metrics
 from agent_registry.facade.deps import RegistryDep
 from agent_registry.facade.models import ReadyResponse
 from agent_registry.schema.rest import HealthResponse
@@ -33,14 +33,3 @@ async def ready(registry: RegistryDep) -> JSONResponse:
     report = await registry.readiness()
     code = 503 if report.status == "unavailable" else 200
     return JSONResponse(report.model_dump(mode="json"), status_code=code)
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}},
-)
-async def prometheus_metrics() -> Response:
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)
