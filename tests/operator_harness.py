@@ -170,8 +170,13 @@ class Agents:
         obj = self.get(name)
         return (obj or {}).get("status", {}).get("phase")
 
-    def heartbeat(self, name: str, status: str = "healthy", skew: timedelta = timedelta(0)) -> None:
-        """What the sidecar writes: only the heartbeat fields, on the writer's own clock."""
+    def heartbeat(
+        self, name: str, status: str = "healthy", skew: timedelta = timedelta(0), timeout: float | None = None
+    ) -> None:
+        """What the sidecar writes: only the heartbeat fields, on the writer's own clock.
+
+        With ``timeout``, a stalled API server makes the call fail instead of hang, so a
+        pump keeps trying every interval as a sidecar does."""
         self.sequence[name] = self.sequence.get(name, 0) + 1
         stamp = (datetime.now(UTC) + skew).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
@@ -182,7 +187,9 @@ class Agents:
                 "heartbeatSource": "test",
             }
         }
-        self.api.patch_namespaced_custom_object_status(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name, body)
+        self.api.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, self.namespace, c.PLURAL, name, body, _request_timeout=timeout
+        )
 
     def delete(self, name: str) -> None:
         self.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name)

@@ -278,3 +278,72 @@ def _try_create(agents: Agents, name: str, spec: dict[str, Any]) -> bool:
     except client.exceptions.ApiException:
         return False
     return True
+
+
+# Blindness: while the operator cannot see the API server, silence is no evidence.
+# 1 s heartbeats, Unreachable after 4 s; the operator probes its sight every 0.5 s and
+# counts 1.5 s without an answer as blind.
+STALL_TIMING = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 4, "gcAfterSeconds": 600}}
+SIGHT = {"sight_probe_interval_seconds": 0.5, "sight_gap_seconds": 1.5, "kube_timeout_seconds": 2}
+
+
+def _reachable_since(agents: Agents, name: str) -> str | None:
+    obj = agents.get(name) or {}
+    for condition in obj.get("status", {}).get("conditions", []):
+        if condition["type"] == "Reachable":
+            return str(condition["lastTransitionTime"])
+    return None
+
+
+def _stall(controlplane: LocalControlPlane, fault: str) -> None:
+    if fault == "pause kube-apiserver":
+        controlplane.pause("kube-apiserver")
+    elif fault == "pause etcd":
+        controlplane.pause("etcd")
+    else:
+        controlplane.stop_apiserver()
+
+
+def _end_stall(controlplane: LocalControlPlane, fault: str) -> None:
+    if fault == "pause kube-apiserver":
+        controlplane.resume("kube-apiserver")
+    elif fault == "pause etcd":
+        controlplane.resume("etcd")
+    else:
+        controlplane.start_apiserver()
+    controlplane.wait_ready(timeout=60)
+
+
+@pytest.mark.parametrize("fault", ["pause kube-apiserver", "pause etcd", "restart kube-apiserver"])
+def test_an_outage_the_operator_cannot_see_through_flips_no_live_agent(
+    controlplane: LocalControlPlane, make_operator: Any, agents: Agents, fault: str
+) -> None:
+    operator = make_operator(**SIGHT).start()
+    live = [f"live-{i}" for i in range(4)]
+    for name in [*live, "dies"]:
+        agents.create(name, **STALL_TIMING)
+    with HeartbeatPump(agents, live, interval=1.0, timeout=1.0):
+        with HeartbeatPump(agents, ["dies"], interval=1.0, timeout=1.0):
+            wait_for("all Healthy", lambda: all(agents.phase(n) == "Healthy" for n in [*live, "dies"]))
+            time.sleep(2)
+            before = {name: _reachable_since(agents, name) for name in live}
+        # "dies" stops heartbeating for good just as the outage begins; the others keep trying.
+        _stall(controlplane, fault)
+        try:
+            wait_for("the operator to know it is blind", lambda: operator.metric("agent_registry_blind") == 1)
+            time.sleep(12)  # three times unreachable-after
+        finally:
+            _end_stall(controlplane, fault)
+        resumed = time.monotonic()
+        wait_for("the dead agent found Unreachable", lambda: agents.phase("dies") == "Unreachable", timeout=20)
+        found_after = time.monotonic() - resumed
+        time.sleep(6)  # past a full unreachable-after since the resume: any false flip has happened
+        for name in live:
+            assert agents.phase(name) == "Healthy", f"{name} flipped although its writer kept trying"
+            assert _reachable_since(agents, name) == before[name], f"{name}'s Reachable condition changed"
+            assert set(agents.reasons(name)) <= {"Registered"}, f"{name} got Events: {agents.reasons(name)}"
+    # Within unreachable-after (4 s) + one sweep (0.5 s) of the operator seeing again
+    # (one probe interval, plus the restarted API server's first answers).
+    assert found_after <= 4 + 0.5 + 3, f"the dead agent took {found_after:.1f}s after the resume:\n{operator.logs()[-6000:]}"
+    assert (operator.metric("agent_registry_blind_gaps_total") or 0) >= 1
+    assert "fresh grace period" in operator.logs()

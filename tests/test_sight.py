@@ -46,7 +46,16 @@ def make(clock: Clock, probe: ScriptedProbe, regained: list[tuple[str | None, fl
     async def on_regained(scope: str | None, blind_for: float) -> None:
         regained.append((scope, blind_for))
 
-    return Sight(["team-a", "team-b"], probe, on_regained, interval=1.0, gap=2.0, clock=clock)
+    return Sight(
+        ["team-a", "team-b"],
+        probe,
+        on_regained,
+        grace=lambda scope: regained.append((scope, -1.0)),
+        interval=1.0,
+        gap=2.0,
+        watch_wait=5.0,
+        clock=clock,
+    )
 
 
 async def test_silence_is_judged_up_to_the_start_of_the_last_timely_answer(clock: Clock) -> None:
@@ -72,8 +81,29 @@ async def test_a_failed_probe_blinds_the_scope_until_an_answer_brings_a_fresh_gr
     probe.fails = None
     clock.now = 122.0
     await sight.check(sight.scopes["team-a"])
+    assert regained == [("team-a", -1.0), ("team-a", pytest.approx(12.1))]
+    # The API server answers, but judging waits for the watch to deliver again...
+    assert sight.seen_until("team-a") is None
+    sight.watch_delivered("team-b")
+    assert sight.seen_until("team-a") is None
+    sight.watch_delivered("team-a")
+    # ...which brings one more fresh grace period.
+    assert regained[-1] == ("team-a", -1.0) and len(regained) == 3
     assert sight.seen_until("team-a") == 122.0
-    assert regained == [("team-a", pytest.approx(12.1))]
+
+
+async def test_a_scope_whose_watch_stays_quiet_is_judged_again_after_the_wait(clock: Clock) -> None:
+    probe, regained = ScriptedProbe(clock), []
+    sight = make(clock, probe, regained)
+    probe.fails = ConnectionError("connection refused")
+    await sight.check(sight.scopes["team-a"])
+    probe.fails = None
+    clock.now = 110.0
+    await sight.check(sight.scopes["team-a"])
+    clock.now = 114.9
+    assert sight.seen_until("team-a") is None
+    clock.now = 115.2  # every agent there died meanwhile: no event will ever come
+    assert sight.seen_until("team-a") == 110.0
 
 
 async def test_a_probe_unanswered_for_the_gap_blinds_before_it_returns(clock: Clock) -> None:
@@ -90,8 +120,26 @@ async def test_a_probe_unanswered_for_the_gap_blinds_before_it_returns(clock: Cl
     probe.release.set()
     await task
     # A slow answer still counts as a gap: writers were probably failing meanwhile.
-    assert regained == [("team-a", pytest.approx(2.6))]
+    assert regained == [("team-a", -1.0), ("team-a", pytest.approx(2.6))]
+    sight.watch_delivered("team-a")
     assert sight.seen_until("team-a") == 110.0
+
+
+async def test_an_old_probe_answering_late_is_no_news_after_a_newer_one(clock: Clock) -> None:
+    probe, regained = ScriptedProbe(clock), []
+    sight = make(clock, probe, regained)
+    probe.hold = True
+    clock.now = 110.0
+    old = asyncio.create_task(sight.check(sight.scopes["team-a"]))
+    await asyncio.sleep(0)
+    probe.hold = False
+    clock.now = 110.5
+    await sight.check(sight.scopes["team-a"])  # sent later, answered at once
+    probe.fails = TimeoutError("read timed out")
+    probe.release.set()
+    await old
+    assert sight.seen_until("team-a") == 110.5
+    assert regained == []
 
 
 async def test_cluster_wide_sight_covers_every_namespace(clock: Clock) -> None:
@@ -100,8 +148,8 @@ async def test_cluster_wide_sight_covers_every_namespace(clock: Clock) -> None:
     async def on_regained(scope: str | None, blind_for: float) -> None:
         return None
 
-    sight = Sight([None], probe, on_regained, interval=1.0, gap=2.0, clock=clock)
+    sight = Sight([None], probe, on_regained, lambda scope: None, interval=1.0, gap=2.0, watch_wait=5.0, clock=clock)
     clock.now = 105.0
     await sight.check(sight.scopes[None])
     assert sight.seen_until("anything") == 105.0
-    assert probe.calls == [(None, 4.0)]
+    assert probe.calls == [(None, 2.0)]  # a probe waits no longer than the gap

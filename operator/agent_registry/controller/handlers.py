@@ -10,10 +10,12 @@ completes while the operator is down.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -52,6 +54,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.process.ultimate_exiting_timeout = config.shutdown_timeout_seconds
     # Leadership comes from our Lease (leader.py), not kopf peering.
     settings.peering.standalone = True
+    # kopf's default backoffs grow to 21 s and then give up; after an outage the watch
+    # would reconnect many seconds after the API server is back, while agents' heartbeats
+    # go unseen. Retry briefly at first, then steadily, for as long as it takes.
+    settings.networking.error_backoffs = SteadyBackoffs()
     runtime = Runtime(config)
     memo["runtime"] = runtime
     await runtime.start()
@@ -80,6 +86,7 @@ def probe_agents(memo: kopf.Memo, **_: Any) -> int:
 async def agent_event(event: kopf.RawEvent, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     started = time.monotonic()
+    runtime.sight.watch_delivered(str(body.get("metadata", {}).get("namespace", "")))
     try:
         await _handle(runtime, event, dict(body), patch)
     except Exception as exc:
@@ -171,6 +178,14 @@ async def _announce(runtime: Runtime, ref: dict[str, str], before: Phase | None,
         kind = "Normal" if after == Phase.HEALTHY else "Warning"
         logger.info("agent %s phase %s -> %s", where, before, after.value)
         await runtime.kube.post_event(ref, kind, after.value, f"The agent reports {after.value.lower()}.")
+
+
+class SteadyBackoffs:
+    """Re-iterable and endless: 0.5, 1, 1, 2, then 2 s forever."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (0.5, 1.0, 1.0)
+        yield from itertools.repeat(2.0)
 
 
 def _adopted_id(labels: dict[str, str]) -> str | None:

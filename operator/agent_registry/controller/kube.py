@@ -13,6 +13,7 @@ the probe that tells the operator it is blind.
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import functools
 import logging
@@ -54,7 +55,7 @@ def now_rfc3339() -> str:
 # Enough threads that the sweeper's bounded writes, Events and the leader elector never
 # wait for each other; the sight probe has a pool of its own.
 _WRITE_THREADS = 16
-_PROBE_THREADS = 4
+_PROBE_THREADS = 8
 
 
 class Kube:
@@ -64,6 +65,11 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        # Probes get their own client without urllib3's retries: a probe sent while the API
+        # server starts up must fail by its timeout, not be re-sent and hold a thread on.
+        probe_config = copy.copy(api_client.configuration)
+        probe_config.retries = False
+        self._probe_custom = client.CustomObjectsApi(client.ApiClient(probe_config))
         self._writes = ThreadPoolExecutor(_WRITE_THREADS, thread_name_prefix="kube-write")
         self._probes = ThreadPoolExecutor(_PROBE_THREADS, thread_name_prefix="kube-probe")
 
@@ -80,13 +86,14 @@ class Kube:
         # Threads stuck in a call end by their own timeout; do not wait for them here.
         self._writes.shutdown(wait=False, cancel_futures=True)
         self._probes.shutdown(wait=False, cancel_futures=True)
+        self._probe_custom.api_client.close()
 
     async def probe(self, namespace: str | None, timeout: float) -> None:
         """A one-item consistent LIST of Agents: answers only if the API server and etcd do."""
         if namespace is None:
             await self._run(
                 self._probes,
-                self.custom.list_cluster_custom_object,
+                self._probe_custom.list_cluster_custom_object,
                 c.GROUP,
                 c.VERSION,
                 c.PLURAL,
@@ -96,7 +103,7 @@ class Kube:
         else:
             await self._run(
                 self._probes,
-                self.custom.list_namespaced_custom_object,
+                self._probe_custom.list_namespaced_custom_object,
                 c.GROUP,
                 c.VERSION,
                 namespace,

@@ -36,8 +36,10 @@ class Runtime:
             scopes=list(settings.namespaces) or [None],
             probe=self.kube.probe,
             on_regained=self._regained_sight,
+            grace=lambda scope: self.tracker.restart_grace(time.monotonic(), namespace=scope),
             interval=settings.sight_probe_interval_seconds,
             gap=settings.sight_gap_seconds,
+            watch_wait=settings.sight_watch_wait_seconds,
         )
         self.leader: LeaderElector | None = None
         if settings.leader_election:
@@ -89,9 +91,9 @@ class Runtime:
         metrics.IS_LEADER.set(1)
 
     async def _regained_sight(self, scope: str | None, blind_for: float) -> None:
-        # Heartbeats sent while the operator could not see may have failed through no
-        # fault of the agents: their silence is no evidence, exactly as after a restart.
-        self.tracker.restart_grace(time.monotonic(), namespace=scope)
+        # The Sight has already given the scope a fresh grace period (heartbeats sent while
+        # the operator could not see may have failed through no fault of the agents);
+        # this makes the gap visible.
         if self.is_leader():
             where = f"namespace {scope}" if scope else "the cluster"
             self.writes.start(

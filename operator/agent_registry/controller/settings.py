@@ -61,6 +61,11 @@ class OperatorSettings(BaseSettings):
     period, because heartbeats sent meanwhile may have failed through no fault of the
     agents. Keep it below unreachable-after minus the heartbeat interval."""
 
+    sight_watch_wait_seconds: float = Field(default=30.0, ge=0)
+    """After a gap, the API server may answer before the watch has reconnected. Judging
+    resumes at the first watch event of the scope (with one more fresh grace period), or
+    after this long if none comes (a scope whose agents all died meanwhile)."""
+
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Prometheus metrics port; 0 disables the metrics server."""
 

@@ -37,7 +37,15 @@ Probe = Callable[[str | None, float], Awaitable[None]]
 """Given a scope (a namespace, or None for the cluster) and a timeout, raise unless it answered."""
 
 Regained = Callable[[str | None, float], Awaitable[None]]
-"""Called with the scope and how long it was blind, when the operator sees it again."""
+"""Called with the scope and how long it was blind, when the API server answers again."""
+
+Grace = Callable[[str | None], None]
+"""Give every agent in the scope a fresh grace period."""
+
+
+MAX_PROBES_IN_FLIGHT = 4
+"""Probes overlap, so the first one sent after a stall ends answers at once instead of
+queueing behind one stuck in the stall; a few are enough to cover the gap."""
 
 
 @dataclasses.dataclass
@@ -47,13 +55,19 @@ class ScopeSight:
     """Operator clock at the start of the last probe answered in time: silence is judged
     up to here. Starts at creation, as an operator start counts against nobody."""
     blind_since: float | None = None
-    probing_since: float | None = None
-    """Start of the probe in flight, if any."""
+    in_flight: list[float] = dataclasses.field(default_factory=list)
+    """Start times of the probes sent and not answered yet."""
+    awaiting_watch_since: float | None = None
+    """Set when the API server answers again after a gap: the watch may still be
+    reconnecting (kopf backs off between attempts), and until it delivers, heartbeats sent
+    meanwhile are not seen either."""
 
-    def seen_until(self, now: float, gap: float) -> float | None:
+    def seen_until(self, now: float, gap: float, watch_wait: float = 0.0) -> float | None:
         if self.blind_since is not None:
             return None
-        if self.probing_since is not None and now - self.probing_since > gap:
+        if self.awaiting_watch_since is not None and now - self.awaiting_watch_since <= watch_wait:
+            return None
+        if any(start > self.seen_at and now - start > gap for start in self.in_flight):
             return None
         return self.seen_at
 
@@ -64,14 +78,18 @@ class Sight:
         scopes: Sequence[str | None],
         probe: Probe,
         on_regained: Regained,
+        grace: Grace,
         interval: float,
         gap: float,
+        watch_wait: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.probe = probe
         self.on_regained = on_regained
+        self.grace = grace
         self.interval = interval
         self.gap = gap
+        self.watch_wait = watch_wait
         self.clock = clock
         now = clock()
         self.scopes = {scope: ScopeSight(scope, now) for scope in scopes}
@@ -82,39 +100,56 @@ class Sight:
         state = self.scopes.get(None) if self._cluster_wide else self.scopes.get(namespace)
         if state is None:  # an agent outside every watched scope: nothing to judge it by
             return None
-        return state.seen_until(self.clock(), self.gap)
+        return state.seen_until(self.clock(), self.gap, self.watch_wait)
 
     @property
     def blind_scopes(self) -> list[str | None]:
         now = self.clock()
-        return [s.scope for s in self.scopes.values() if s.seen_until(now, self.gap) is None]
+        return [s.scope for s in self.scopes.values() if s.seen_until(now, self.gap, self.watch_wait) is None]
+
+    def watch_delivered(self, namespace: str) -> None:
+        """A watch event arrived: after a gap, the first one says the watch flows again.
+
+        Heartbeats written meanwhile are replayed by the watch (it resumes from its last
+        resourceVersion) but take a moment to be processed, so the scope gets one more
+        fresh grace period now, and judging resumes."""
+        state = self.scopes.get(None) if self._cluster_wide else self.scopes.get(namespace)
+        if state is None or state.awaiting_watch_since is None:
+            return
+        waited = self.clock() - state.awaiting_watch_since
+        state.awaiting_watch_since = None
+        self.grace(state.scope)
+        logger.info("the watch delivers again for %s, %.1fs after the API server did", _describe(state.scope), waited)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._watch_scope(state) for state in self.scopes.values()))
+        async with asyncio.TaskGroup() as group:
+            for state in self.scopes.values():
+                group.create_task(self._watch_scope(state, group))
 
-    async def _watch_scope(self, state: ScopeSight) -> None:
+    async def _watch_scope(self, state: ScopeSight, group: asyncio.TaskGroup) -> None:
         while True:
-            await self.check(state)
+            if len(state.in_flight) < MAX_PROBES_IN_FLIGHT:
+                group.create_task(self.check(state))
             await asyncio.sleep(self.interval)
 
     async def check(self, state: ScopeSight) -> None:
         """One probe of one scope, and what its answer (or its absence) means."""
         started = self.clock()
-        state.probing_since = started
+        state.in_flight.append(started)
         try:
-            # The probe's own timeout is longer than the gap: a slow answer is still news
-            # (the server is back), even though the wait itself already counted as blind.
-            await self.probe(state.scope, self.gap * 2)
-            answered = True
-            error = ""
+            # No longer than the gap: past it the scope is blind anyway, and a newer probe
+            # is already on its way.
+            await self.probe(state.scope, self.gap)
+            answered, error = True, ""
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            answered = False
-            error = str(exc) or type(exc).__name__
+            answered, error = False, str(exc) or type(exc).__name__
         finally:
-            state.probing_since = None
+            state.in_flight.remove(started)
         finished = self.clock()
+        if started < state.seen_at:
+            return  # a probe sent later has answered already: this one is old news
         if not answered or finished - started > self.gap:
             self._went_blind(state, started, error or f"no answer for {finished - started:.1f}s")
         if answered:
@@ -136,6 +171,8 @@ class Sight:
     async def _regained(self, state: ScopeSight, now: float) -> None:
         blind_for = now - (state.blind_since or now)
         state.blind_since = None
+        state.awaiting_watch_since = now
+        self.grace(state.scope)
         metrics.BLIND.labels(scope=_label(state.scope)).set(0)
         metrics.BLIND_GAPS.labels(scope=_label(state.scope)).inc()
         logger.warning(
