@@ -344,6 +344,32 @@ def test_an_outage_the_operator_cannot_see_through_flips_no_live_agent(
             assert set(agents.reasons(name)) <= {"Registered"}, f"{name} got Events: {agents.reasons(name)}"
     # Within unreachable-after (4 s) + one sweep (0.5 s) of the operator seeing again
     # (one probe interval, plus the restarted API server's first answers).
-    assert found_after <= 4 + 0.5 + 3, f"the dead agent took {found_after:.1f}s after the resume:\n{operator.logs()[-6000:]}"
+    assert found_after <= 4 + 0.5 + 3, (
+        f"the dead agent took {found_after:.1f}s after the resume:\n{operator.logs()[-6000:]}"
+    )
     assert (operator.metric("agent_registry_blind_gaps_total") or 0) >= 1
     assert "fresh grace period" in operator.logs()
+
+
+def test_leaving_self_preservation_deletes_no_agent_that_comes_back(operator: OperatorProcess, agents: Agents) -> None:
+    names = [f"fleet-{i}" for i in range(6)]
+    for name in names:
+        agents.create(name, **FAST)  # Unreachable after 3 s, deleted 4 s after that
+    with HeartbeatPump(agents, names):
+        wait_for("all Healthy", lambda: all(agents.phase(n) == "Healthy" for n in names))
+    # All six fall silent together: the pause holds their deletion well past gc-after.
+    wait_for("self-preservation", lambda: "SelfPreservationActivated" in agents.reasons(), timeout=15)
+    time.sleep(6)
+    assert len(agents.list()) == 6
+    # They come back one a second; "fleet-5" never does. The pause ends when three are back.
+    with HeartbeatPump(agents, []) as pump:
+        for name in names[:5]:
+            pump.names.add(name)
+            time.sleep(1)
+        wait_for("the pause to end", lambda: "SelfPreservationDeactivated" in agents.reasons(), timeout=10)
+        wait_for("the dead one collected", lambda: agents.get("fleet-5") is None, timeout=20)
+        time.sleep(2)
+        remaining = {a["metadata"]["name"]: a["status"]["phase"] for a in agents.list()}
+    assert remaining == dict.fromkeys(names[:5], "Healthy"), "a live agent was deleted leaving the pause"
+    assert agents.reasons("fleet-5").count("Removed") == 1
+    assert all("Removed" not in agents.reasons(n) for n in names[:5])
