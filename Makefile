@@ -8,6 +8,8 @@ VPY := $(VENV)/bin/python
 # The control-plane binaries live in a cache outside the repository (see docs/decisions.md).
 export AGENT_REGISTRY_CACHE ?= $(HOME)/.cache/agent-registry
 PYTEST_ARGS ?=
+# What ruff checks and formats: `make lint` and `make fmt` share the list.
+RUFF_PATHS := operator agent_sidecar tests bench hack
 
 ##@ General
 
@@ -46,14 +48,14 @@ crds: $(VENV)/.installed ## Regenerate crds/ from the pydantic models (and the c
 
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff (lint + format check) and mypy --strict
-	$(VENV)/bin/ruff check operator agent_sidecar tests bench hack
-	$(VENV)/bin/ruff format --check operator agent_sidecar tests bench hack
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(VENV)/bin/mypy operator/agent_registry agent_sidecar
 
 .PHONY: fmt
 fmt: $(VENV)/.installed ## Format and auto-fix with ruff
-	$(VENV)/bin/ruff format operator agent_sidecar tests
-	$(VENV)/bin/ruff check --fix operator agent_sidecar tests
+	$(VENV)/bin/ruff format $(RUFF_PATHS)
+	$(VENV)/bin/ruff check --fix $(RUFF_PATHS)
 
 .PHONY: cluster
 cluster: deps controlplane ## Start a local kube-apiserver + etcd with the CRD installed; Ctrl-C stops it
