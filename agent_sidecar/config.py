@@ -9,7 +9,8 @@ Agent variables (prefix ``AGENT_``):
 ``AGENT_HOST``                        where the agent listens; default ``POD_IP``
 ``AGENT_CAPABILITIES``                comma-separated, e.g. ``spot_migration,rightsizing``
 ``AGENT_VERSION``                     default ``1.0.0``
-``AGENT_METADATA``                    a flat JSON object, e.g. ``{"region": "eu-west-1"}``
+``AGENT_METADATA``                    a JSON object, e.g. ``{"region": "eu-west-1"}``; values may
+                                      nest; at most 64 keys and 16 KiB
 ``AGENT_HEARTBEAT_INTERVAL_SECONDS``  default 30; heartbeats come 0-15 % sooner (jitter)
 ``AGENT_UNREACHABLE_AFTER_SECONDS``   optional; the schema's default (45) when unset
 ``AGENT_GC_AFTER_SECONDS``            optional; the schema's default (300) when unset
@@ -106,7 +107,9 @@ class SidecarSettings(BaseSettings):
     )
     version: AgentVersion = Field(default=c.DEFAULT_AGENT_VERSION, description="at most 64 characters")
     metadata: Annotated[Metadata, NoDecode] = Field(
-        default_factory=dict, description='a flat JSON object of scalars such as {"region": "eu-west-1"}'
+        default_factory=dict,
+        description=f"a JSON object of at most {c.MAX_METADATA_ENTRIES} keys and {c.MAX_METADATA_BYTES // 1024} KiB, "
+        'such as {"region": "eu-west-1"}; values may be any JSON, nested objects and lists too',
     )
     heartbeat_interval_seconds: int = Field(
         default=c.DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
