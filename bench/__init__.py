@@ -1,4 +1,4 @@
-"""The benchmark harness: the registry at N agents, measured against the targets of issue 7.
+"""The benchmark harness: the registry at N agents, measured against its targets (``report.TARGETS``).
 
 ``python -m bench`` (or ``python bench/run.py``); ``--help`` lists the parameters.
 """

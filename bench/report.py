@@ -1,4 +1,4 @@
-"""The issue's targets, judged on a run's figures, and the markdown tables of the results."""
+"""The scale targets, judged on a run's figures, and the markdown tables of the results."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The REST contract of DESIGN.md, route by route, against the real facade, API server,
-Redis and operator; plus the extras (filters, healthy agents, namespaces, OpenAPI, metrics,
-readiness) and read-your-writes."""
+"""The REST contract kept from the original registry (the README's "The REST API"), route by
+route, against the real facade, API server, Redis and operator; plus the extras (filters,
+healthy agents, namespaces, OpenAPI, metrics, readiness) and read-your-writes."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ CHART = REPO / "helm" / "agent-registry"
 SIDECAR_ROLE = REPO / "manifests" / "rbac" / "sidecar-role.yaml"
 POLICY_TEMPLATE = "templates/owner-restriction-policy.yaml"
 OWNER = c.REGISTERED_BY_ANNOTATION
-# Agent Leases arrive with issue 11; until then the tests' agents may handle their own.
+# Agents do not heartbeat into Leases yet; until they do, the tests' agents may handle their own.
 LEASE_RULES = [
     {
         "apiGroups": ["coordination.k8s.io"],

@@ -34,7 +34,7 @@ AGENT_LEASE_LABEL: Final = f"{GROUP}/agent"
 
 KNOWN_AGENT_TYPES: Final = ("cost", "performance", "resource", "application")
 
-# Heartbeat defaults from DESIGN.md.
+# Heartbeat defaults: beat every 30 s, Unreachable after 45 s of silence, deleted 5 min later.
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS: Final = 30
 DEFAULT_UNREACHABLE_AFTER_SECONDS: Final = 45
 DEFAULT_GC_AFTER_SECONDS: Final = 300

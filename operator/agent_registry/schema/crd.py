@@ -3,7 +3,8 @@
 pydantic's JSON Schema is close to what Kubernetes wants but not structural: it uses
 ``$ref``/``$defs``, ``anyOf [X, null]`` for optionals, ``title`` everywhere and ``const``.
 ``structural_schema`` rewrites it: refs inlined, titles dropped, optionals turned into
-``nullable``. ``tests/test_crd_generation.py`` regenerates the file and fails on drift.
+``nullable``. ``--check`` (run by ``make test``) regenerates it and fails when ``crds/``
+drifts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The REST contract of DESIGN.md, derived from the Agent models.
+"""The REST contract kept from the original registry, derived from the Agent models.
 
 Field names here are the original registry's snake_case and must not change. The field
 types are the same annotated types the CRD uses, so a body the REST API accepts is a spec
