@@ -119,6 +119,22 @@ class ManagedProcess:
         if self.running and self._popen is not None:
             self._note("SIGSTOP (paused by a fault test)")
             self._signal_group(self._popen.pid, signal.SIGSTOP)
+            self._wait_stopped(self._popen.pid)
+
+    @staticmethod
+    def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+        """Until every thread is stopped: a thread busy on another core finishes its current
+        request first, and a test must not count that answer as one from a paused server."""
+        deadline = time.monotonic() + timeout
+        tasks = Path(f"/proc/{pid}/task")
+        while time.monotonic() < deadline:
+            try:
+                states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                return
+            if all(state in ("T", "t") for state in states):
+                return
+            time.sleep(0.01)
 
     def resume(self) -> None:
         """SIGCONT after ``pause``."""
