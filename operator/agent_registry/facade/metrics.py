@@ -10,37 +10,68 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _NS = "agent_registry_facade"
 
-REQUESTS = Counter(f"{_NS}_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The facade's own registry, as the operator has one: the scrape shows the facade's series,
+never whatever a library in the process registers on prometheus_client's global one."""
+
+# The process, platform and GC series the global registry carried before (RSS, CPU, open
+# files, GC counts) stay in the scrape.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+REQUESTS = Counter(f"{_NS}_requests_total", "HTTP requests answered.", ["method", "route", "status"], registry=REGISTRY)
 LATENCY = Histogram(
     f"{_NS}_request_duration_seconds",
     "Time to answer an HTTP request.",
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
 )
-IN_FLIGHT = Gauge(f"{_NS}_requests_in_flight", "HTTP requests being answered.")
-OPERATIONS = Counter(f"{_NS}_operations_total", "Registry operations by outcome.", ["operation", "outcome"])
+IN_FLIGHT = Gauge(f"{_NS}_requests_in_flight", "HTTP requests being answered.", registry=REGISTRY)
+OPERATIONS = Counter(
+    f"{_NS}_operations_total", "Registry operations by outcome.", ["operation", "outcome"], registry=REGISTRY
+)
 READS = Counter(
     f"{_NS}_reads_total",
     "Where reads were answered from: the index, the API server (index unavailable or missing "
     "the agent), or this process's own recent writes.",
     ["source"],
+    registry=REGISTRY,
 )
 FALLBACK_LISTS = Counter(
-    f"{_NS}_fallback_lists_total", "LISTs of every agent of a namespace, shared by the queries that fell back to them."
+    f"{_NS}_fallback_lists_total",
+    "LISTs of every agent of a namespace, shared by the queries that fell back to them.",
+    registry=REGISTRY,
 )
-INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.")
-KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.")
-AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"])
-DEPENDENCY_UP = Gauge(f"{_NS}_dependency_up", "Whether a dependency answered the last readiness check.", ["dependency"])
+INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.", registry=REGISTRY)
+KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.", registry=REGISTRY)
+AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"], registry=REGISTRY)
+DEPENDENCY_UP = Gauge(
+    f"{_NS}_dependency_up",
+    "Whether a dependency answered the last readiness check.",
+    ["dependency"],
+    registry=REGISTRY,
+)
 
 
 def render() -> tuple[bytes, str]:
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def serve(port: int, host: str) -> Callable[[], None]:
@@ -50,7 +81,7 @@ def serve(port: int, host: str) -> Callable[[], None]:
     nothing but the rendering, and a slow scraper holds no connection slot of the API.
     Raises ``OSError`` when the port is taken, which fails the start-up.
     """
-    server, thread = start_http_server(port, host)
+    server, thread = start_http_server(port, host, registry=REGISTRY)
 
     def stop() -> None:
         server.shutdown()
