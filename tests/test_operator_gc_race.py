@@ -1,18 +1,23 @@
 """A heartbeat that lands between the decision to delete and the delete wins.
 
-The operator runs in-process (kopf's KopfRunner) so the test can use the sweeper's
-``BEFORE_DELETE_HOOKS`` seam to write a real heartbeat at exactly that moment.
+The operator runs in this process, so the test can hand the sweeper its ``before_delete``
+seam (through kopf's memo) and write a real heartbeat at exactly that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Iterator
 
+import kopf
 import pytest
-from kopf.testing import KopfRunner
 from kubernetes import config
 
-from agent_registry.controller import sweeper
+from agent_registry.controller.handlers import operator_memo
+from agent_registry.controller.settings import OperatorSettings
+from agent_registry.controller.sweeper import BeforeDelete
 from agent_registry.controller.tracker import TrackedAgent
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from operator_harness import Agents, wait_for
@@ -27,20 +32,51 @@ def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
     api.close()
 
 
+@contextlib.contextmanager
+def operator_in_thread(settings: OperatorSettings, before_delete: BeforeDelete) -> Iterator[None]:
+    """kopf embedded in a thread with its own event loop, as kopf documents it: the memo is
+    the one way into the handlers that the ``kopf run`` command line (KopfRunner) lacks."""
+    ready, stop = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        operator = kopf.operator(
+            standalone=True,
+            namespaces=settings.namespaces,
+            memo=operator_memo(settings, before_delete),
+            ready_flag=ready,
+            stop_flag=stop,
+        )
+        try:
+            asyncio.run(operator)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="operator")
+    thread.start()
+    try:
+        if not ready.wait(60):
+            raise AssertionError(f"the operator did not start: {failures}")
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the operator did not stop"
+    assert not failures, failures
+
+
 def test_heartbeat_racing_the_delete_keeps_the_agent(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, agents: Agents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in {
-        "KUBECONFIG": str(controlplane.kubeconfig),
-        "AGENT_REGISTRY_NAMESPACES": namespace,
-        "AGENT_REGISTRY_REDIS_URL": redis_url,
-        "AGENT_REGISTRY_REDIS_KEY_PREFIX": f"test-{namespace}",
-        "AGENT_REGISTRY_METRICS_PORT": "0",
-        "AGENT_REGISTRY_LEADER_ELECTION": "false",
-        "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": "0.5",
-    }.items():
-        monkeypatch.setenv(key, value)
-
+    monkeypatch.setenv("KUBECONFIG", str(controlplane.kubeconfig))  # both kopf and the operator's client
+    settings = OperatorSettings(
+        namespaces=[namespace],
+        redis_url=redis_url,
+        redis_key_prefix=f"test-{namespace}",
+        metrics_port=0,
+        leader_election=False,
+        sweep_interval_seconds=0.5,
+    )
     raced: list[str] = []
 
     async def heartbeat_now(agent: TrackedAgent) -> None:
@@ -48,9 +84,7 @@ def test_heartbeat_racing_the_delete_keeps_the_agent(
             agents.heartbeat(agent.name)
             raced.append(agent.name)
 
-    monkeypatch.setattr(sweeper, "BEFORE_DELETE_HOOKS", [heartbeat_now])
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "agent_registry.controller.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    with operator_in_thread(settings, heartbeat_now):
         agents.create("racer", **FAST)
         wait_for("Healthy", lambda: agents.phase("racer") == "Healthy")
         wait_for("the delete raced by a heartbeat", lambda: raced, timeout=20)
@@ -59,4 +93,3 @@ def test_heartbeat_racing_the_delete_keeps_the_agent(
         wait_for("recovered by the racing heartbeat", lambda: agents.phase("racer") == "Healthy")
         # Left silent again, it is collected on a later sweep.
         wait_for("deleted once truly silent", lambda: agents.get("racer") is None, timeout=30)
-    assert runner.exception is None, runner.exception

@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     # kopf logs every handler call at INFO; at 333 heartbeats/s that drowns the useful lines.
     logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    assert _handlers.agent_event is not None
     signal.signal(signal.SIGUSR1, _dump_tasks)
     asyncio.run(
         kopf.operator(
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=args.liveness or None,
+            memo=_handlers.operator_memo(settings),
         )
     )
     return 0

@@ -12,29 +12,39 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import kopf
 
 from agent_registry.controller import metrics
-from agent_registry.controller.conditions import build_conditions
+from agent_registry.controller.initialisation import (
+    agent_id_for,
+    decide_initialisation,
+    needs_initialisation,
+    phase_status,
+)
 from agent_registry.controller.kube import agent_reference, now_rfc3339
 from agent_registry.controller.runtime import Runtime
 from agent_registry.controller.settings import OperatorSettings
+from agent_registry.controller.sweeper import BeforeDelete
 from agent_registry.schema import constants as c
-from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, Phase
+from agent_registry.schema.agent import AgentSpec, Phase
 
 logger = logging.getLogger(__name__)
-_UUID = re.compile(UUID_PATTERN)
+
+
+def operator_memo(settings: OperatorSettings, before_delete: BeforeDelete | None = None) -> kopf.Memo:
+    """The memo to start kopf with (``kopf.operator(memo=...)``): the settings this process
+    read once, and the sweeper's test seam (``Sweeper.before_delete``), for ``configure``."""
+    return kopf.Memo(settings=settings, before_delete=before_delete)
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = OperatorSettings()
+    # Started by `kopf run -m agent_registry.controller.handlers`, nobody has read them yet.
+    config: OperatorSettings = memo.get("settings") or OperatorSettings()
     # No change-detecting handlers exist, so kopf stores no progress or diff-base; name
     # the storages anyway so that a future on.create/on.update handler writes under our
     # own prefix and into annotations, never into status (which heartbeats own).
@@ -58,7 +68,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # would reconnect many seconds after the API server is back, while agents' heartbeats
     # go unseen. Retry briefly at first, then steadily, for as long as it takes.
     settings.networking.error_backoffs = SteadyBackoffs()
-    runtime = Runtime(config)
+    runtime = Runtime(config, before_delete=memo.get("before_delete"))
     memo["runtime"] = runtime
     await runtime.start()
 
@@ -126,12 +136,10 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
 
     status = body.get("status") or {}
     labels = meta.get("labels") or {}
-    # An id, once given, never changes: a stale event (one that predates our own patch)
-    # must not mint a second one, or label and status would flip between two ids.
-    agent_id = status.get("agentId") or _adopted_id(labels) or agent.agent_id or str(uuid.uuid4())
+    agent_id = agent_id_for(agent, status, labels)
     agent.agent_id = agent_id
     agent.initialised = bool(status.get("agentId")) and labels.get(c.AGENT_ID_LABEL) == status.get("agentId")
-    needs_init = not status.get("agentId") or labels.get(c.AGENT_ID_LABEL) != agent_id
+    needs_init = needs_initialisation(status, labels, agent_id)
     desired = observation.desired_phase
     if not status.get("agentId"):
         # Index it under the id it is about to get, not under nothing.
@@ -143,26 +151,21 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     now = now_rfc3339()
     ref = agent_reference(namespace, name, agent.uid)
     if needs_init:
-        patch.metadata.setdefault("labels", {})[c.AGENT_ID_LABEL] = agent_id
-        patch.metadata["labels"][c.AGENT_TYPE_LABEL] = body["spec"]["type"]
-        patch.status["agentId"] = agent_id
-        agent.initialised = True
-        if not status.get("registeredAt") and not agent.registered_announced:
+        init = decide_initialisation(agent, agent_id, desired, now)
+        patch.metadata["labels"] = init.labels
+        patch.status.update(init.status)
+        agent.initialised, agent.phase = True, desired
+        if init.announce:
             agent.registered_announced = True
-            patch.status["registeredAt"] = now
-            await runtime.kube.post_event(
-                ref, "Normal", "Registered", f"Agent registered with id {agent_id}, phase {desired.value}."
-            )
+            await runtime.kube.post_event(ref, "Normal", "Registered", init.event_message)
             logger.info("agent %s/%s registered as %s (%s)", namespace, name, agent_id, desired.value)
-    if needs_init or observation.phase_changed:
-        patch.status["phase"] = desired.value
-        patch.status["conditions"] = build_conditions(desired, now, agent.conditions, meta.get("generation"))
-        patch.status["observedGeneration"] = meta.get("generation")
+        return
+    if observation.phase_changed:
+        patch.status.update(phase_status(agent, desired, now))
         agent.phase = desired
-    elif meta.get("generation") != status.get("observedGeneration"):
-        patch.status["observedGeneration"] = meta.get("generation")
-    if observation.phase_changed and not needs_init:
         await _announce(runtime, ref, observation.previous_phase, desired, observation.recovered)
+    elif agent.generation != status.get("observedGeneration"):
+        patch.status["observedGeneration"] = agent.generation
 
 
 async def _announce(runtime: Runtime, ref: dict[str, str], before: Phase | None, after: Phase, recovered: bool) -> None:
@@ -186,12 +189,6 @@ class SteadyBackoffs:
     def __iter__(self) -> Iterator[float]:
         yield from (0.5, 1.0, 1.0)
         yield from itertools.repeat(2.0)
-
-
-def _adopted_id(labels: dict[str, str]) -> str | None:
-    """An id chosen by the REST facade at registration, carried in the label."""
-    label = str(labels.get(c.AGENT_ID_LABEL, ""))
-    return label if _UUID.match(label) else None
 
 
 def _spec_error(body: dict[str, Any]) -> str | None:

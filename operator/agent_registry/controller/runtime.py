@@ -1,5 +1,5 @@
 """Everything the operator holds while it runs: settings, the tracker, the API client,
-leadership, the index sync, and their background tasks."""
+leadership, the index sync, the sweeper, and their background tasks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agent_registry.controller.kube import Kube, agent_reference, load_api_clien
 from agent_registry.controller.leader import LeaderElector
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sight import Sight
-from agent_registry.controller.sweeper import Writes, sweep_forever
+from agent_registry.controller.sweeper import BeforeDelete, Sweeper, Writes
 from agent_registry.controller.tracker import TrackedAgent, Tracker
 from agent_registry.schema.agent import Phase
 
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: OperatorSettings) -> None:
+    def __init__(self, settings: OperatorSettings, before_delete: BeforeDelete | None = None) -> None:
+        """``before_delete`` is the sweeper's test seam (see ``Sweeper.before_delete``)."""
         self.settings = settings
         self.kube = Kube(load_api_client(), timeout=settings.kube_timeout_seconds)
         self.tracker = Tracker(
@@ -40,6 +41,18 @@ class Runtime:
             interval=settings.sight_probe_interval_seconds,
             gap=settings.sight_gap_seconds,
             watch_wait=settings.sight_watch_wait_seconds,
+        )
+        self.sweeper = Sweeper(
+            settings,
+            self.tracker,
+            self.kube,
+            post_event=self.kube.post_event,
+            index=self.index,
+            seen_until=self.sight.seen_until,
+            is_leader=self.is_leader,
+            self_reference=self.self_reference(),
+            writes=self.writes,
+            before_delete=before_delete,
         )
         self.leader: LeaderElector | None = None
         if settings.leader_election:
@@ -63,7 +76,7 @@ class Runtime:
         metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         metrics.IS_LEADER.set(1 if self.is_leader() else 0)
         self._tasks.append(asyncio.create_task(self.sight.run(), name="sight"))
-        self._tasks.append(asyncio.create_task(sweep_forever(self), name="sweeper"))
+        self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
         self._tasks.append(asyncio.create_task(self.index.run(), name="index-sync"))
         if self.leader is not None:
             self._tasks.append(asyncio.create_task(self.leader.run(), name="leader-election"))
@@ -114,9 +127,6 @@ class Runtime:
 
     def index_put(self, body: dict[str, Any], agent: TrackedAgent, phase: Phase) -> None:
         self.index.put(agent.key, body, phase, agent.last_heard_wall)
-
-    def index_phase(self, agent: TrackedAgent, phase: Phase) -> None:
-        self.index.set_phase(agent.key, phase)
 
     def index_forget(self, namespace: str, name: str) -> None:
         self.index.drop((namespace, name))

@@ -11,28 +11,44 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
 from agent_registry.controller import metrics
 from agent_registry.controller.conditions import build_conditions
+from agent_registry.controller.initialisation import decide_initialisation
 from agent_registry.controller.kube import DeleteOutcome, agent_reference, now_rfc3339
-from agent_registry.controller.tracker import SelfPreservation, TrackedAgent
-from agent_registry.schema import constants as c
+from agent_registry.controller.settings import OperatorSettings
+from agent_registry.controller.tracker import SelfPreservation, TrackedAgent, Tracker, phase_for_report
 from agent_registry.schema.agent import Phase
-
-if TYPE_CHECKING:
-    from agent_registry.controller.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 WRITE_CONCURRENCY = 8
 
-BEFORE_DELETE_HOOKS: list[Callable[[TrackedAgent], Awaitable[None]]] = []
-"""Test seam: awaited between the decision to delete and the delete itself, so a test can
-make a heartbeat race the delete deterministically. Empty in production."""
+BeforeDelete = Callable[[TrackedAgent], Awaitable[None]]
+PostEvent = Callable[[Mapping[str, str], str, str, str], Coroutine[Any, Any, None]]
+"""``post_event(involved, type, reason, message)``: advisory, never raises."""
+
+
+class AgentWrites(Protocol):
+    """The API calls the sweeper makes on Agents."""
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str: ...
+
+    async def patch_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None: ...
+
+    async def delete_agent(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome: ...
+
+
+class IndexUpdates(Protocol):
+    """What the sweeper tells the Redis index (``IndexSync``)."""
+
+    def set_phase(self, key: tuple[str, str], phase: Phase) -> None: ...
+
+    def drop(self, key: tuple[str, str]) -> None: ...
 
 
 class Writes:
@@ -73,141 +89,161 @@ class Writes:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def sweep_forever(runtime: Runtime) -> None:
-    while True:
-        await asyncio.sleep(runtime.settings.sweep_interval_seconds)
-        try:
-            await sweep_once(runtime)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("sweep failed; retrying at the next interval")
+class Sweeper:
+    """Judges every tracked agent each ``sweep_interval_seconds`` while this replica leads,
+    and starts the writes that follow: initialise, mark Unreachable, collect."""
 
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        tracker: Tracker,
+        kube: AgentWrites,
+        post_event: PostEvent,
+        index: IndexUpdates,
+        seen_until: Callable[[str], float | None],
+        is_leader: Callable[[], bool],
+        self_reference: Mapping[str, str],
+        writes: Writes,
+        before_delete: BeforeDelete | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tracker = tracker
+        self.kube = kube
+        self.post_event = post_event
+        self.index = index
+        self.seen_until = seen_until
+        self.is_leader = is_leader
+        self.self_reference = self_reference
+        """The object the operator's own Events are about (self-preservation)."""
+        self.writes = writes
+        self.before_delete = before_delete
+        """Test seam: awaited between the decision to delete and the delete itself, so a
+        test can make a heartbeat race the delete deterministically. None in production."""
 
-async def sweep_once(runtime: Runtime) -> None:
-    if not runtime.is_leader():
-        return
-    result = runtime.tracker.sweep(time.monotonic(), runtime.sight.seen_until)
-    writes = runtime.writes
-    for agent in [a for a in runtime.tracker.agents.values() if not a.initialised]:
-        writes.start(agent.key, initialise(runtime, agent))
-    for agent in result.became_unreachable:
-        writes.start(agent.key, mark_unreachable(runtime, agent))
-    report_self_preservation(runtime, result.self_preservation)
-    for agent in result.to_delete:
-        writes.start(agent.key, collect(runtime, agent))
-    metrics.SILENT_AGENTS.set(result.self_preservation.silent)
-    metrics.publish_counts(runtime.tracker.counts())
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("sweep failed; retrying at the next interval")
 
-
-async def initialise(runtime: Runtime, agent: TrackedAgent) -> None:
-    """Agents first seen while this replica was a standby get their id now."""
-    agent_id = agent.agent_id or str(uuid.uuid4())
-    phase = agent.phase or Phase.HEALTHY
-    try:
-        await runtime.kube.patch_labels(
-            agent.namespace, agent.name, {c.AGENT_ID_LABEL: agent_id, c.AGENT_TYPE_LABEL: agent.agent_type}
-        )
-        status = {
-            "agentId": agent_id,
-            "registeredAt": now_rfc3339(),
-            "phase": phase.value,
-            "conditions": build_conditions(phase, now_rfc3339(), agent.conditions),
-        }
-        agent.resource_version = await runtime.kube.patch_status(agent.namespace, agent.name, status)
-    except Exception as exc:
-        logger.warning("could not initialise %s/%s (%s); retrying", agent.namespace, agent.name, exc)
-        return
-    agent.agent_id, agent.initialised, agent.phase = agent_id, True, phase
-    logger.info("agent %s/%s registered as %s (%s)", agent.namespace, agent.name, agent_id, phase.value)
-    await runtime.kube.post_event(
-        agent_reference(agent.namespace, agent.name, agent.uid),
-        "Normal",
-        "Registered",
-        f"Agent registered with id {agent_id}, phase {phase.value}.",
-    )
-
-
-async def mark_unreachable(runtime: Runtime, agent: TrackedAgent) -> None:
-    previous = agent.phase
-    silent = agent.timing.unreachable_after
-    detail = f"silent for more than {silent:.0f}s"
-    status = {
-        "phase": Phase.UNREACHABLE.value,
-        "conditions": build_conditions(Phase.UNREACHABLE, now_rfc3339(), agent.conditions, detail=detail),
-    }
-    try:
-        agent.resource_version = await runtime.kube.patch_status(agent.namespace, agent.name, status)
-    except ApiException as exc:
-        if exc.status == 404:
-            runtime.tracker.forget(agent.namespace, agent.name)
+    def sweep_once(self) -> None:
+        """Judge now and start the writes; ``writes.drain()`` waits for them."""
+        if not self.is_leader():
             return
-        logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc.status)
-        return
-    except Exception as exc:
-        logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc)
-        return
-    agent.phase = Phase.UNREACHABLE
-    metrics.TRANSITIONS.labels(from_phase=str(previous), to_phase=Phase.UNREACHABLE.value).inc()
-    logger.warning("agent %s/%s is Unreachable: %s", agent.namespace, agent.name, detail)
-    runtime.index_phase(agent, Phase.UNREACHABLE)
-    await runtime.kube.post_event(
-        agent_reference(agent.namespace, agent.name, agent.uid),
-        "Warning",
-        "Unreachable",
-        f"No heartbeat observed for more than {silent:.0f}s; "
-        f"will be removed after {agent.timing.gc_after:.0f}s more of silence.",
-    )
+        result = self.tracker.sweep(time.monotonic(), self.seen_until)
+        for agent in [a for a in self.tracker.agents.values() if not a.initialised]:
+            self.writes.start(agent.key, self.initialise(agent))
+        for agent in result.became_unreachable:
+            self.writes.start(agent.key, self.mark_unreachable(agent))
+        self.report_self_preservation(result.self_preservation)
+        for agent in result.to_delete:
+            self.writes.start(agent.key, self.collect(agent))
+        metrics.SILENT_AGENTS.set(result.self_preservation.silent)
+        metrics.publish_counts(self.tracker.counts())
 
+    async def initialise(self, agent: TrackedAgent) -> None:
+        """Agents first seen while this replica was a standby get their id now."""
+        agent_id = agent.agent_id or str(uuid.uuid4())
+        phase = agent.phase or phase_for_report(agent.reported)
+        init = decide_initialisation(agent, agent_id, phase, now_rfc3339())
+        try:
+            await self.kube.patch_labels(agent.namespace, agent.name, init.labels)
+            agent.resource_version = await self.kube.patch_status(agent.namespace, agent.name, init.status)
+        except Exception as exc:
+            logger.warning("could not initialise %s/%s (%s); retrying", agent.namespace, agent.name, exc)
+            return
+        agent.agent_id, agent.initialised, agent.phase = agent_id, True, phase
+        if init.announce:
+            agent.registered_announced = True
+            logger.info("agent %s/%s registered as %s (%s)", agent.namespace, agent.name, agent_id, phase.value)
+            await self.post_event(
+                agent_reference(agent.namespace, agent.name, agent.uid), "Normal", "Registered", init.event_message
+            )
 
-async def collect(runtime: Runtime, agent: TrackedAgent) -> None:
-    ref = agent_reference(agent.namespace, agent.name, agent.uid)
-    await runtime.kube.post_event(
-        ref,
-        "Normal",
-        "Removed",
-        f"Unreachable for more than {agent.timing.gc_after:.0f}s; deleting the Agent.",
-    )
-    for hook in BEFORE_DELETE_HOOKS:
-        await hook(agent)
-    try:
-        outcome = await runtime.kube.delete_agent(agent.namespace, agent.name, agent.uid, agent.resource_version)
-    except Exception as exc:
-        logger.warning("could not delete %s/%s (%s); retrying", agent.namespace, agent.name, exc)
-        return
-    metrics.DELETIONS.labels(outcome=outcome.value).inc()
-    if outcome is DeleteOutcome.CONFLICT:
-        logger.info("agent %s/%s changed since the decision to delete it; kept", agent.namespace, agent.name)
-        await runtime.kube.post_event(ref, "Normal", "RemovalCancelled", "The Agent changed before the delete; kept.")
-        return
-    logger.warning("agent %s/%s deleted after %.0fs unreachable", agent.namespace, agent.name, agent.timing.gc_after)
-    runtime.tracker.forget(agent.namespace, agent.name)
-    runtime.index_forget(agent.namespace, agent.name)
-
-
-def report_self_preservation(runtime: Runtime, state: SelfPreservation) -> None:
-    metrics.SELF_PRESERVATION.set(1 if state.active else 0)
-    max_pause = runtime.settings.self_preservation_max_pause_seconds
-    if state.entered:
-        event_type, reason, what = "Warning", "SelfPreservationActivated", "on"
-        message = (
-            f"{state.silent} of {state.total} agents went silent within one unreachable window; "
-            "the network or the registry is the likelier cause. Garbage collection is paused "
-            f"for at most {max_pause:.0f}s."
+    async def mark_unreachable(self, agent: TrackedAgent) -> None:
+        previous = agent.phase
+        silent = agent.timing.unreachable_after
+        detail = f"silent for more than {silent:.0f}s"
+        status = {
+            "phase": Phase.UNREACHABLE.value,
+            "conditions": build_conditions(Phase.UNREACHABLE, now_rfc3339(), agent.conditions, detail=detail),
+        }
+        try:
+            agent.resource_version = await self.kube.patch_status(agent.namespace, agent.name, status)
+        except ApiException as exc:
+            if exc.status == 404:
+                self.tracker.forget(agent.namespace, agent.name)
+                return
+            logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc.status)
+            return
+        except Exception as exc:
+            logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc)
+            return
+        agent.phase = Phase.UNREACHABLE
+        metrics.TRANSITIONS.labels(from_phase=str(previous), to_phase=Phase.UNREACHABLE.value).inc()
+        logger.warning("agent %s/%s is Unreachable: %s", agent.namespace, agent.name, detail)
+        self.index.set_phase(agent.key, Phase.UNREACHABLE)
+        await self.post_event(
+            agent_reference(agent.namespace, agent.name, agent.uid),
+            "Warning",
+            "Unreachable",
+            f"No heartbeat observed for more than {silent:.0f}s; "
+            f"will be removed after {agent.timing.gc_after:.0f}s more of silence.",
         )
-    elif state.exited_reason == "recovered":
-        event_type, reason, what = "Normal", "SelfPreservationDeactivated", "off"
-        message = (
-            f"Only {state.silent} of {state.total} agents are silent now; garbage collection resumes, "
-            "and agents still silent get a fresh grace period before removal."
+
+    async def collect(self, agent: TrackedAgent) -> None:
+        ref = agent_reference(agent.namespace, agent.name, agent.uid)
+        await self.post_event(
+            ref,
+            "Normal",
+            "Removed",
+            f"Unreachable for more than {agent.timing.gc_after:.0f}s; deleting the Agent.",
         )
-    elif state.exited_reason == "expired":
-        event_type, reason, what = "Warning", "SelfPreservationExpired", "expired"
-        message = (
-            f"Garbage collection was paused for {max_pause:.0f}s with {state.silent} of "
-            f"{state.total} agents still silent; resuming it (the pause is time-boxed)."
+        if self.before_delete is not None:
+            await self.before_delete(agent)
+        try:
+            outcome = await self.kube.delete_agent(agent.namespace, agent.name, agent.uid, agent.resource_version)
+        except Exception as exc:
+            logger.warning("could not delete %s/%s (%s); retrying", agent.namespace, agent.name, exc)
+            return
+        metrics.DELETIONS.labels(outcome=outcome.value).inc()
+        if outcome is DeleteOutcome.CONFLICT:
+            logger.info("agent %s/%s changed since the decision to delete it; kept", agent.namespace, agent.name)
+            await self.post_event(ref, "Normal", "RemovalCancelled", "The Agent changed before the delete; kept.")
+            return
+        logger.warning(
+            "agent %s/%s deleted after %.0fs unreachable", agent.namespace, agent.name, agent.timing.gc_after
         )
-    else:
-        return
-    logger.warning("self-preservation %s: %s", what, message)
-    runtime.writes.start(("", reason), runtime.kube.post_event(runtime.self_reference(), event_type, reason, message))
+        self.tracker.forget(agent.namespace, agent.name)
+        self.index.drop(agent.key)
+
+    def report_self_preservation(self, state: SelfPreservation) -> None:
+        metrics.SELF_PRESERVATION.set(1 if state.active else 0)
+        max_pause = self.settings.self_preservation_max_pause_seconds
+        if state.entered:
+            event_type, reason, what = "Warning", "SelfPreservationActivated", "on"
+            message = (
+                f"{state.silent} of {state.total} agents went silent within one unreachable window; "
+                "the network or the registry is the likelier cause. Garbage collection is paused "
+                f"for at most {max_pause:.0f}s."
+            )
+        elif state.exited_reason == "recovered":
+            event_type, reason, what = "Normal", "SelfPreservationDeactivated", "off"
+            message = (
+                f"Only {state.silent} of {state.total} agents are silent now; garbage collection resumes, "
+                "and agents still silent get a fresh grace period before removal."
+            )
+        elif state.exited_reason == "expired":
+            event_type, reason, what = "Warning", "SelfPreservationExpired", "expired"
+            message = (
+                f"Garbage collection was paused for {max_pause:.0f}s with {state.silent} of "
+                f"{state.total} agents still silent; resuming it (the pause is time-boxed)."
+            )
+        else:
+            return
+        logger.warning("self-preservation %s: %s", what, message)
+        self.writes.start(("", reason), self.post_event(self.self_reference, event_type, reason, message))

@@ -70,6 +70,10 @@ class TrackedAgent:
     """Wall-clock time of the last observed heartbeat, for the REST ``last_seen`` only."""
     agent_id: str | None = None
     """The id this operator gave or saw; reused for stale events that lack it."""
+    registered_at: str | None = None
+    """``status.registeredAt`` as last seen: an initialisation keeps it."""
+    generation: int | None = None
+    """``metadata.generation`` as last seen, written back as ``observedGeneration``."""
     registered_announced: bool = False
     initialised: bool = False
     """Whether the object carries its id in status and label; a standby that becomes
@@ -169,6 +173,8 @@ class Tracker:
                 phase=stored_phase,
                 reported=reported,
                 conditions=list(status.get("conditions") or []),
+                registered_at=status.get("registeredAt"),
+                generation=meta.get("generation"),
             )
             # An agent this process has not heard yet keeps an Unreachable it already
             # had, but its clock for garbage collection starts now.
@@ -186,6 +192,9 @@ class Tracker:
         agent.phase = stored_phase
         agent.reported = reported
         agent.conditions = list(status.get("conditions") or [])
+        agent.agent_type = str(body.get("spec", {}).get("type", agent.agent_type))
+        agent.registered_at = status.get("registeredAt")
+        agent.generation = meta.get("generation")
         if is_heartbeat:
             agent.last_heard_wall = datetime.now(UTC)
             agent.last_heard = now
