@@ -25,6 +25,7 @@ from kubernetes import client, config
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 
@@ -78,22 +79,19 @@ async def indexed_count(redis_url: str, prefix: str, namespace: str) -> int:
         await reader.redis.aclose()
 
 
-def stop(proc: subprocess.Popen[bytes], log: Path) -> float:
+def stop(operator: OperatorProcess) -> float:
     """SIGTERM and time the graceful exit; a pod gets 30 s before SIGKILL."""
     started = time.monotonic()
-    proc.terminate()
+    operator.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        operator.wait(timeout=10)
     except subprocess.TimeoutExpired:
         # Slow exit: ask the operator what its tasks wait on (SIGUSR1 dumps them to the log).
-        proc.send_signal(signal.SIGUSR1)
-        try:
-            proc.wait(timeout=110)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        dumped = [line for line in log.read_text(errors="replace").splitlines() if "agent_registry.tasks" in line]
+        operator.send_signal(signal.SIGUSR1)
+        operator.stop(grace_seconds=110)
+        dumped = [line for line in operator.logs().splitlines() if "agent_registry.tasks" in line]
         print("\n".join(dumped[:60]), file=sys.stderr)
+    operator.stop()  # gone already; forgets it and anything it forked
     return time.monotonic() - started
 
 
@@ -116,17 +114,17 @@ def main() -> int:
         cp.create_namespace(namespace)
         print(f"creating {args.agents} agents", file=sys.stderr, flush=True)
         create_seconds = create_agents(cp.kubeconfig, namespace, args.agents)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cp.kubeconfig),
-            "AGENT_REGISTRY_NAMESPACES": namespace,
-            "AGENT_REGISTRY_REDIS_URL": redis_server.url,
-            "AGENT_REGISTRY_REDIS_KEY_PREFIX": prefix,
-            "AGENT_REGISTRY_METRICS_PORT": "0",
-            "AGENT_REGISTRY_LEADER_ELECTION": "false",
-            "AGENT_REGISTRY_LIVENESS_ENDPOINT": "",
-        }
-        log = Path(tmp) / "operator.log"
+        # No endpoints and no election: nothing but the work being measured.
+        operator = OperatorProcess(
+            Path(tmp),
+            kubeconfig=cp.kubeconfig,
+            redis_url=redis_server.url,
+            namespaces=[namespace],
+            redis_key_prefix=prefix,
+            metrics_port=0,
+            liveness_port=0,
+            leader_election=False,
+        )
         custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cp.kubeconfig)))
 
         def initialised() -> int:
@@ -137,30 +135,29 @@ def main() -> int:
 
         # First run: the operator initialises every new Agent (id, label, status, Event).
         print("first start: initialising the agents", file=sys.stderr, flush=True)
-        with log.open("wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "agent_registry.controller"], env=env, stdout=fh, stderr=fh)
+        operator.start()
         started = time.monotonic()
         while (done := initialised()) < args.agents:
             print(f"  initialised {done}/{args.agents}", file=sys.stderr, flush=True)
             time.sleep(2)
         init_seconds = time.monotonic() - started
-        shutdown_seconds = stop(proc, log)
+        shutdown_seconds = stop(operator)
         asyncio.run(flush(redis_server.url))
 
         # Second run: a cold start with N existing Agents and an empty Redis.
         print("cold start with existing agents", file=sys.stderr, flush=True)
-        with log.open("ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "agent_registry.controller"], env=env, stdout=fh, stderr=fh)
+        operator.start()
+        pid = operator.pid or 0
         try:
             started = time.monotonic()
             peak_rss = 0.0
             count = 0
             while count < args.agents:
-                if proc.poll() is not None:
-                    print(log.read_text()[-3000:], file=sys.stderr)
+                if not operator.running:
+                    print(operator.log_tail(60), file=sys.stderr)
                     return 1
                 time.sleep(1)
-                rss, _ = rss_and_cpu(proc.pid)
+                rss, _ = rss_and_cpu(pid)
                 peak_rss = max(peak_rss, rss)
                 count = asyncio.run(indexed_count(redis_server.url, prefix, namespace))
                 print(f"  indexed {count}/{args.agents}, operator RSS {rss:.0f} MB", file=sys.stderr, flush=True)
@@ -168,9 +165,9 @@ def main() -> int:
                     print("gave up after 600 s", file=sys.stderr)
                     return 1
             cold_start = time.monotonic() - started
-            _, cpu_before = rss_and_cpu(proc.pid)
+            _, cpu_before = rss_and_cpu(pid)
             time.sleep(args.idle_seconds)
-            rss_idle, cpu_after = rss_and_cpu(proc.pid)
+            rss_idle, cpu_after = rss_and_cpu(pid)
             figures: dict[str, float] = {
                 "agents": args.agents,
                 "create_seconds": round(create_seconds, 1),
@@ -182,7 +179,7 @@ def main() -> int:
                 "operator_idle_cpu_cores": round((cpu_after - cpu_before) / args.idle_seconds, 3),
             }
         finally:
-            figures["operator_shutdown_seconds"] = round(stop(proc, log), 1)
+            figures["operator_shutdown_seconds"] = round(stop(operator), 1)
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -111,11 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="facade authentication: TokenReview + SubjectAccessReview (default %(default)s)",
     )
     parser.add_argument(
-        "--facade-env",
+        "--facade-setting",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the facade process (for experiments)",
+        metavar="FIELD=VALUE",
+        help="an extra facade setting by field name, e.g. redis_max_connections=50 (for experiments)",
     )
     parser.add_argument(
         "--profile-seconds",
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a CI job cancelled, `timeout`) unwinds like Ctrl-C, so every server is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     sizes = [int(part) for part in args.agents.split(",") if part.strip()]
-    facade_env = dict(item.split("=", 1) for item in args.facade_env)
+    facade_settings = dict(item.split("=", 1) for item in args.facade_setting)
     path = results_path(args.results_dir, args.name)
     profile_dir = path.parent / f"{path.stem}-profiles"
     if args.profile_seconds > 0:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         matches=args.matches,
         facade_auth=args.facade_auth == "on",
         keep_logs=args.keep_logs,
-        facade_env=facade_env or None,
+        facade_settings=facade_settings or None,
         profile_seconds=args.profile_seconds,
         profile_dir=str(profile_dir) if args.profile_seconds > 0 else None,
         sidecar_seconds=args.sidecar_seconds,

@@ -39,7 +39,8 @@ from typing import Any
 import aiohttp
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
-from agent_registry.localcluster.process import LOOPBACK, ManagedProcess
+from agent_registry.localcluster.launcher import HeartbeatTimings, SidecarProcess
+from agent_registry.localcluster.process import LOOPBACK
 from bench.fleet import (
     AGENTS_PATH,
     LEASES_PATH,
@@ -77,7 +78,8 @@ class Options:
     facade_auth: bool = True
     setup_timeout: float = 1200.0
     keep_logs: bool = False
-    facade_env: dict[str, str] | None = None
+    facade_settings: dict[str, str] | None = None
+    """Extra facade settings by field name, for experiments."""
     profile_seconds: float = 0.0
     profile_dir: str | None = None
     sidecar_seconds: float = 15.0
@@ -235,7 +237,7 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
 
         # 4. facade --------------------------------------------------------------------------------
         progress(f"N={n}: starting the facade")
-        stack.start_facade(options.facade_env)
+        stack.start_facade(options.facade_settings)
         await asyncio.to_thread(stack.wait_facade)
         facade = session(stack.facade_url, token=stack.token, ssl_context=None, connections=64)
         # The facade's Redis pool has 100 connections and fails (rather than waits) past that:
@@ -346,9 +348,9 @@ async def _wait(done: Any, timeout: float, status: Any, stack: Stack, note_every
 
 
 def _check_alive(stack: Stack) -> None:
-    for name, process in (("operator", stack.operator), ("facade", stack.facade)):
-        if process is not None and not process.running:
-            raise RuntimeError(f"the {name} exited with {process.returncode}:\n{process.log_tail(30)}")
+    for process in (stack.operator, stack.facade):
+        if process is not None:
+            process.check_alive()
 
 
 async def _wait_ready(facade: Any, timeout: float = 60.0) -> None:
@@ -697,25 +699,19 @@ def _sidecar_rss(stack: Stack, sampler: Sampler, seconds: float = 15.0) -> dict[
     server = ThreadingHTTPServer((LOOPBACK, 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "POD_"))}
-    env.update(
-        {
-            "KUBECONFIG": str(stack.controlplane.kubeconfig),
-            "POD_NAMESPACE": NAMESPACE,
-            "POD_NAME": "bench-sidecar-pod",
-            "AGENT_NAME": "bench-sidecar-agent",
-            "AGENT_TYPE": "cost",
-            "AGENT_HOST": LOOPBACK,
-            "AGENT_PORT": str(port),
-            "AGENT_CAPABILITIES": "spot_migration,rightsizing",
-            "AGENT_HEALTH_URL": f"http://{LOOPBACK}:{port}/health",
-            "AGENT_HEARTBEAT_INTERVAL_SECONDS": "2",
-            "AGENT_UNREACHABLE_AFTER_SECONDS": "10",
-            "PYTHONUNBUFFERED": "1",
-        }
+    process = SidecarProcess(
+        stack.workdir / "logs",
+        agent_name="bench-sidecar-agent",
+        agent_type="cost",
+        port=port,
+        namespace=NAMESPACE,
+        kubeconfig=stack.controlplane.kubeconfig,
+        timings=HeartbeatTimings(interval_seconds=2, unreachable_after_seconds=10),
+        pod_name="bench-sidecar-pod",
+        capabilities=["spot_migration", "rightsizing"],
+        health_url=f"http://{LOOPBACK}:{port}/health",
     )
-    log = stack.workdir / "logs" / "sidecar.log"
-    process = ManagedProcess("sidecar", [sys.executable, "-m", "agent_sidecar"], log, env=env, stop_grace_seconds=15)
+    log = process.log_path
     progress(f"sidecar: one sidecar with a fake agent for {seconds:.0f}s")
     process.start()
     sampler.watch("sidecar", process.pid)
@@ -723,8 +719,7 @@ def _sidecar_rss(stack: Stack, sampler: Sampler, seconds: float = 15.0) -> dict[
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if not process.running:
-                raise RuntimeError(f"the sidecar exited with {process.returncode}:\n{process.log_tail(20)}")
+            process.check_alive()
             peak = max(peak, rss_mb(process.pid or 0) or 0.0)
             time.sleep(0.5)
         last = rss_mb(process.pid or 0) or 0.0

@@ -3,14 +3,13 @@ operator and the HTTP facade, with the settings a production install uses unless
 benchmark parameter says otherwise.
 
 The control plane and Redis are the ones the tests use (``agent_registry.localcluster``);
-the operator and the facade are started as ``python -m ...`` like in a pod, each with its
-own log file in the work directory. Clients authenticate as one ServiceAccount with a
+the operator and the facade are started by its launcher, as ``python -m ...`` like in a
+pod, each with its own log file in the work directory. Clients authenticate as one ServiceAccount with a
 Role on agents and leases, the way a sidecar does.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -24,7 +23,8 @@ from pathlib import Path
 
 from agent_registry.localcluster.apiclient import ApiClient, ApiError
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, free_port
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.process import LOOPBACK, ManagedProcess
 from agent_registry.localcluster.redis_server import LocalRedis
 from bench.procs import Sampler
 
@@ -100,11 +100,8 @@ class Stack:
         self.workdir = Path(tempfile.mkdtemp(prefix="agent-registry-bench-"))
         self.cp: LocalControlPlane | None = None
         self.redis: LocalRedis | None = None
-        self.operator: ManagedProcess | None = None
-        self.facade: ManagedProcess | None = None
-        self.operator_metrics_port = 0
-        self.facade_port = 0
-        self.facade_metrics_port = 0
+        self.operator: OperatorProcess | None = None
+        self.facade: FacadeProcess | None = None
         self.token = ""
         self._operator_starts = 0
 
@@ -148,7 +145,8 @@ class Stack:
 
     @property
     def facade_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.facade_port}"
+        assert self.facade is not None, "start_facade() first"
+        return self.facade.url
 
     @property
     def redis_url(self) -> str:
@@ -211,50 +209,39 @@ class Stack:
 
     # --- the operator -----------------------------------------------------------------------
 
-    def _child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_REGISTRY_", "AGENT_", "POD_"))}
-        env["KUBECONFIG"] = str(self.controlplane.kubeconfig)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def start_operator(self) -> ManagedProcess:
-        """Start the operator (production settings, leader election on) and wait for its metrics endpoint.
+    def start_operator(self) -> OperatorProcess:
+        """Start the operator (production settings, leader election on); :meth:`wait_operator` waits for it.
 
         Call it on the main thread (see ``process.py``: only then does the kernel kill the
         child if this process dies), then :meth:`wait_operator`, which may run in a thread.
         """
         self._operator_starts += 1
-        self.operator_metrics_port = free_port()
-        health_port = free_port()
-        env = self._child_env() | {
-            "AGENT_REGISTRY_NAMESPACES": self.namespace,
-            "AGENT_REGISTRY_REDIS_URL": self.redis_url,
-            "AGENT_REGISTRY_REDIS_KEY_PREFIX": KEY_PREFIX,
-            "AGENT_REGISTRY_METRICS_HOST": LOOPBACK,
-            "AGENT_REGISTRY_METRICS_PORT": str(self.operator_metrics_port),
-            "AGENT_REGISTRY_LIVENESS_ENDPOINT": f"http://{LOOPBACK}:{health_port}/healthz",
-            "AGENT_REGISTRY_LEADER_ELECTION": "true",
-            "AGENT_REGISTRY_LEASE_NAMESPACE": self.namespace,
-            "AGENT_REGISTRY_LEASE_NAME": OPERATOR_LEASE,
-            "AGENT_REGISTRY_IDENTITY": f"bench-{socket.gethostname()}-{self._operator_starts}",
-            "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": str(self.sweep_seconds),
-        }
-        log = self.workdir / "logs" / "operator.log"
-        process = ManagedProcess(
-            "operator", [sys.executable, "-m", "agent_registry.controller"], log, env=env, stop_grace_seconds=35
-        )
-        process.start()
+        process = OperatorProcess(
+            self.workdir / "logs",
+            kubeconfig=self.controlplane.kubeconfig,
+            redis_url=self.redis_url,
+            namespaces=[self.namespace],
+            redis_key_prefix=KEY_PREFIX,
+            # Room for a graceful exit at N = 10,000, which the benchmark times.
+            stop_grace_seconds=35,
+            leader_election=True,
+            lease_namespace=self.namespace,
+            lease_name=OPERATOR_LEASE,
+            identity=f"bench-{socket.gethostname()}-{self._operator_starts}",
+            sweep_interval_seconds=self.sweep_seconds,
+        ).start(wait=False)
         self.operator = process
         self.sampler.watch("operator", process.pid)
         return process
 
     def wait_operator(self) -> None:
         assert self.operator is not None
-        self.operator.wait_until(lambda: http_get(self.operator_metrics_url)[0] == 200, 60, "metrics answer")
+        self.operator.wait_ready()
 
     @property
     def operator_metrics_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.operator_metrics_port}/metrics"
+        assert self.operator is not None, "start_operator() first"
+        return self.operator.metrics_url
 
     def stop_operator(self) -> float:
         """SIGTERM and time the graceful exit."""
@@ -273,31 +260,24 @@ class Stack:
 
     # --- the facade ---------------------------------------------------------------------------
 
-    def start_facade(self, extra_env: dict[str, str] | None = None) -> ManagedProcess:
-        self.facade_port = free_port()
-        self.facade_metrics_port = free_port()
-        env = self._child_env() | {
-            "AGENT_REGISTRY_FACADE_HOST": LOOPBACK,
-            "AGENT_REGISTRY_FACADE_PORT": str(self.facade_port),
-            "AGENT_REGISTRY_FACADE_METRICS_PORT": str(self.facade_metrics_port),
-            "AGENT_REGISTRY_FACADE_NAMESPACE": self.namespace,
-            "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "true" if self.facade_auth else "false",
-            "AGENT_REGISTRY_REDIS_URL": self.redis_url,
-            "AGENT_REGISTRY_REDIS_KEY_PREFIX": KEY_PREFIX,
-            **(extra_env or {}),
-        }
-        log = self.workdir / "logs" / "facade.log"
-        process = ManagedProcess(
-            "facade", [sys.executable, "-m", "agent_registry.facade"], log, env=env, stop_grace_seconds=30
-        )
-        process.start()
+    def start_facade(self, settings: dict[str, str] | None = None) -> FacadeProcess:
+        """Start the facade; ``settings`` are extra ones by field name (``--facade-setting``)."""
+        process = FacadeProcess(
+            self.workdir / "logs",
+            kubeconfig=self.controlplane.kubeconfig,
+            redis_url=self.redis_url,
+            namespace=self.namespace,
+            redis_key_prefix=KEY_PREFIX,
+            auth=self.facade_auth,
+            **(settings or {}),
+        ).start(wait=False)
         self.facade = process
         self.sampler.watch("facade", process.pid)
         return process
 
     def wait_facade(self) -> None:
         assert self.facade is not None
-        self.facade.wait_until(lambda: http_get(f"{self.facade_url}/health")[0] == 200, 60, "/health answers")
+        self.facade.wait_ready()
 
     def stop_facade(self) -> None:
         if self.facade is not None:
@@ -306,7 +286,9 @@ class Stack:
             self.facade = None
 
     def facade_metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        status, text = http_get(f"http://{LOOPBACK}:{self.facade_metrics_port}/metrics")
+        if self.facade is None:
+            return []
+        status, text = http_get(self.facade.metrics_url)
         return parse_metrics(text) if status == 200 else []
 
     # --- etcd -----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pytest
 from kubernetes import client, config
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from facade_harness import FacadeProcess
-from operator_harness import Agents, OperatorProcess
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from facade_harness import facade_for_test
+from operator_harness import Agents, operator_for_test
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def agents(api_client: client.ApiClient, namespace: str) -> Agents:
 def operator(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
+    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
     yield op
     op.stop()
 
@@ -48,7 +49,7 @@ def make_facade(
     started: list[FacadeProcess] = []
 
     def make(**kwargs: Any) -> FacadeProcess:
-        facade = FacadeProcess(
+        facade = facade_for_test(
             controlplane.kubeconfig, namespace, redis_url, tmp_path, name=f"facade-{len(started)}", **kwargs
         )
         started.append(facade)

@@ -1,131 +1,48 @@
-"""Running the real operator as a subprocess, and writing heartbeats like a sidecar does."""
+"""The real operator as a subprocess with test settings, and heartbeats written like a sidecar's."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.schema import constants as c
 
-T = TypeVar("T")
+
+def key_prefix(namespace: str) -> str:
+    """The index prefix of a test's namespace; the operator writes under it and the facade reads it."""
+    return f"test-{namespace}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Poll until ``probe`` returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class OperatorProcess:
-    """``python -m agent_registry.controller`` with settings for one test."""
-
-    def __init__(
-        self,
-        kubeconfig: Path,
-        namespace: str,
-        redis_url: str,
-        log_dir: Path,
-        identity: str = "op-a",
-        **overrides: Any,
-    ) -> None:
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.identity = identity
-        self.log_path = log_dir / f"operator-{identity}.log"
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "AGENT_REGISTRY_NAMESPACES": namespace,
-            "AGENT_REGISTRY_REDIS_URL": redis_url,
-            "AGENT_REGISTRY_REDIS_KEY_PREFIX": f"test-{namespace}",
-            "AGENT_REGISTRY_METRICS_PORT": str(self.metrics_port),
-            "AGENT_REGISTRY_METRICS_HOST": "127.0.0.1",
-            "AGENT_REGISTRY_LEASE_NAMESPACE": namespace,
-            "AGENT_REGISTRY_IDENTITY": identity,
-            "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": "0.5",
-            "AGENT_REGISTRY_INDEX_REFRESH_SECONDS": "1",
-            "AGENT_REGISTRY_LEASE_DURATION_SECONDS": "4",
-            "AGENT_REGISTRY_LEASE_RENEW_SECONDS": "1",
-            "AGENT_REGISTRY_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
-        }
-        self.env.update({f"AGENT_REGISTRY_{k.upper()}": str(v) for k, v in overrides.items()})
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_registry.controller"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for("the operator's metrics endpoint", self._metrics_up, timeout=30)
-        return self
-
-    def _metrics_up(self) -> bool:
-        self._check_alive()
-        try:
-            self.metrics()
-        except OSError:
-            return False
-        return True
-
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
-            return str(resp.read().decode())
-
-    def metric(self, name: str) -> float | None:
-        for line in self.metrics().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+def operator_for_test(
+    kubeconfig: Path, namespace: str, redis_url: str, log_dir: Path, identity: str = "op-a", **settings: Any
+) -> OperatorProcess:
+    """An operator watching one namespace, quick enough for tests: a sweep every 0.5 s, a
+    lease that changes hands within seconds. ``settings`` override by field name."""
+    timings: dict[str, Any] = {
+        "sweep_interval_seconds": 0.5,
+        "index_refresh_seconds": 1,
+        "lease_duration_seconds": 4,
+        "lease_renew_seconds": 1,
+    }
+    return OperatorProcess(
+        log_dir,
+        name=f"operator-{identity}",
+        kubeconfig=kubeconfig,
+        redis_url=redis_url,
+        namespaces=[namespace],
+        redis_key_prefix=key_prefix(namespace),
+        stop_grace_seconds=15,
+        lease_namespace=namespace,
+        identity=identity,
+        **(timings | settings),
+    )
 
 
 class Agents:

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.process import free_port, wait_for
 from agent_registry.schema import constants as c
 from agent_sidecar import AgentRegistration
 from agent_sidecar.aio_client import AsyncAgentRegistration
 from agent_sidecar.client import RegistrationError
-from facade_harness import FAST_TIMINGS, FacadeProcess
-from operator_harness import Agents, OperatorProcess, free_port, wait_for
+from facade_harness import FAST_TIMINGS
+from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]
 
@@ -28,7 +30,7 @@ pytest_plugins = ["facade_fixtures"]
 @pytest.fixture
 def fast_facade(make_facade: Callable[..., FacadeProcess]) -> FacadeProcess:
     """Tells agents to heartbeat every second."""
-    return make_facade(**FAST_TIMINGS)
+    return make_facade(timings=FAST_TIMINGS)
 
 
 def sequence(agents: Agents, name: str) -> int:
@@ -140,7 +142,7 @@ def test_a_404_mid_run_registers_again(operator: OperatorProcess, fast_facade: F
 def test_heartbeats_survive_a_registry_outage(
     make_facade: Callable[..., FacadeProcess], agents: Agents, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = make_facade(**FAST_TIMINGS)
+    first = make_facade(timings=FAST_TIMINGS)
     registration = AgentRegistration("cost-1", "cost", "h", 1, [], first.url)
     try:
         assert registration.register()
@@ -151,7 +153,7 @@ def test_heartbeats_survive_a_registry_outage(
         assert first.stop() == 0
         wait_for("a failed heartbeat", lambda: any("heartbeat of cost-1 failed" in r.message for r in caplog.records))
         before = sequence(agents, "cost-1")
-        make_facade(port=first.port, **FAST_TIMINGS)  # the same address, like a restarted Service
+        make_facade(port=first.port, timings=FAST_TIMINGS)  # the same address, like a restarted Service
         wait_for("heartbeats to resume", lambda: sequence(agents, "cost-1") > before, timeout=30)
         assert registration.running
     finally:
@@ -214,7 +216,7 @@ def test_bearer_token_and_token_file(
     token = controlplane.kubectl("create", "token", "agent", "-n", namespace).stdout.strip()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
-    facade = make_facade(auth=True, **FAST_TIMINGS)
+    facade = make_facade(auth=True, timings=FAST_TIMINGS)
 
     anonymous = AgentRegistration("cost-0", "cost", "h", 1, [], facade.url)
     try:

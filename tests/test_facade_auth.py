@@ -11,9 +11,11 @@ import httpx
 import pytest
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from facade_harness import FacadeProcess, registration
-from operator_harness import Agents, wait_for
+from facade_harness import registration
+from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]
 

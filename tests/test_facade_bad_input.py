@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from facade_harness import FacadeProcess, registration
+from agent_registry.localcluster.launcher import FacadeProcess
+from facade_harness import registration
 from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]

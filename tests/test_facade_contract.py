@@ -4,9 +4,7 @@ healthy agents, namespaces, OpenAPI, metrics, readiness) and read-your-writes.""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,9 +12,11 @@ from typing import Any
 import httpx
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from facade_harness import FacadeProcess, registration
-from operator_harness import Agents, OperatorProcess, wait_for
+from facade_harness import registration
+from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]
 
@@ -446,8 +446,7 @@ def test_read_your_writes_while_the_index_lags(
         old = register(http, "old-agent", metadata={"v": 1})["agent_id"]
         wait_for("old-agent in the index", reads_back(http2, old))
         wait_for("an intact index", lambda: http.get("/ready").json()["checks"]["index"]["ok"])
-        assert operator.proc is not None
-        os.kill(operator.proc.pid, signal.SIGSTOP)
+        operator.pause()
         try:
             new = register(http, "new-agent", capabilities=["fresh"])["agent_id"]
             assert http.get(f"/agents/{new}").json()["name"] == "new-agent"
@@ -475,7 +474,7 @@ def test_read_your_writes_while_the_index_lags(
             assert [a["name"] for a in http.get("/agents").json()["agents"]] == ["new-agent"]
             assert agents.get("old-agent") is None
         finally:
-            os.kill(operator.proc.pid, signal.SIGCONT)
+            operator.resume()
 
 
 def test_an_agent_deleted_by_someone_else_is_not_served_from_memory(http: httpx.Client, agents: Agents) -> None:

@@ -15,10 +15,12 @@ import pytest
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
-from facade_harness import FacadeProcess, key_prefix, registration
-from operator_harness import Agents, OperatorProcess, wait_for
+from facade_harness import registration
+from operator_harness import Agents, key_prefix
 
 pytest_plugins = ["facade_fixtures"]
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from facade_harness import FacadeProcess, registration
-from operator_harness import Agents, wait_for
+from agent_registry.localcluster.launcher import FacadeProcess
+from agent_registry.localcluster.process import wait_for
+from facade_harness import facade_for_test, registration
+from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]
 
@@ -51,9 +53,9 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(facade: FacadePro
         conn.sendall(head + body[:20])
         wait_for("the request to be in flight", lambda: in_flight(facade) >= 1)  # metrics have their own port
 
-        facade.signal(signal.SIGTERM)
+        facade.send_signal(signal.SIGTERM)
         wait_for("the listener to close", lambda: refuses_connections(facade.port))
-        assert facade.proc is not None and facade.proc.poll() is None  # still finishing the request
+        assert facade.running  # still finishing the request
 
         conn.sendall(body[20:])
         answer = b""
@@ -69,22 +71,21 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(facade: FacadePro
 def test_sigterm_and_sigint_when_idle_exit_0(make_facade: Callable[..., FacadeProcess]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         facade = make_facade()
-        facade.signal(sig)
+        facade.send_signal(sig)
         assert facade.wait(timeout=20) == 0, facade.logs()[-2000:]
 
 
 def test_authentication_is_on_by_default_and_off_is_loud(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> None:
-    default = FacadeProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path, name="default")
-    del default.env["AGENT_REGISTRY_FACADE_AUTH_ENABLED"]
+    default = facade_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, name="default", auth=None)
     try:
         default.start()
         assert httpx.get(f"{default.url}/agents").status_code == 401
         assert "AUTHENTICATION IS DISABLED" not in default.logs()
     finally:
         default.stop()
-    open_facade = FacadeProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path, name="open", auth=False)
+    open_facade = facade_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, name="open", auth=False)
     try:
         open_facade.start()
         assert httpx.get(f"{open_facade.url}/agents").status_code == 200
@@ -96,7 +97,7 @@ def test_authentication_is_on_by_default_and_off_is_loud(
 def test_bad_settings_fail_at_start_naming_them(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> None:
-    facade = FacadeProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path)
+    facade = facade_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path)
     facade.env["AGENT_REGISTRY_FACADE_PORT"] = "not-a-port"
     result = run_facade(facade.env)
     assert result.returncode == 2
@@ -106,7 +107,7 @@ def test_bad_settings_fail_at_start_naming_them(
 def test_inconsistent_heartbeat_settings_are_refused(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> None:
-    facade = FacadeProcess(
+    facade = facade_for_test(
         controlplane.kubeconfig,
         namespace,
         redis_url,

@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 
-from facade_harness import FAST_TIMINGS, FacadeProcess, registration
-from operator_harness import Agents, OperatorProcess, wait_for
+from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.process import wait_for
+from facade_harness import FAST_TIMINGS, registration
+from operator_harness import Agents
 
 pytest_plugins = ["facade_fixtures"]
 
@@ -93,7 +95,7 @@ def test_no_match_is_404_with_a_reason(operator: OperatorProcess, http: httpx.Cl
 def test_routing_never_returns_an_unreachable_agent(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], agents: Agents
 ) -> None:
-    facade = make_facade(**FAST_TIMINGS)
+    facade = make_facade(timings=FAST_TIMINGS)
     with facade.client() as http, facade.client() as pump_http:
         live = register(http, "live", type="performance", capabilities=["y"])
         silent = register(http, "silent", type="performance", capabilities=["y"])

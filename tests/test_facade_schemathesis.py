@@ -17,8 +17,8 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess
 from agent_registry.schema import constants as c
-from facade_harness import FacadeProcess
 
 pytest_plugins = ["facade_fixtures"]
 

@@ -15,8 +15,10 @@ import pytest
 from kubernetes import client, config
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import OperatorProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from operator_harness import Agents, HeartbeatPump, OperatorProcess, wait_for
+from operator_harness import Agents, HeartbeatPump, operator_for_test
 
 # 1 s heartbeats, Unreachable after 3 s of silence, deleted 4 s after that.
 FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 4}}
@@ -43,7 +45,7 @@ def make_operator(controlplane: LocalControlPlane, namespace: str, redis_url: st
     started: list[OperatorProcess] = []
 
     def make(**overrides: Any) -> OperatorProcess:
-        op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path, **overrides)
+        op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, **overrides)
         started.append(op)
         return op
 
@@ -203,7 +205,7 @@ def test_malformed_status_does_not_stop_others(operator: OperatorProcess, agents
     with HeartbeatPump(agents, ["good"]):
         time.sleep(4)
         assert agents.phase("good") == "Healthy"
-    assert operator.proc is not None and operator.proc.poll() is None
+    assert operator.running
 
 
 def test_only_the_leader_acts_and_the_standby_takes_over(make_operator: Any, agents: Agents) -> None:
@@ -261,7 +263,7 @@ def test_malformed_agent_gets_an_event_and_others_carry_on(
     agents.create("fine", **KEEP)
     wait_for("InvalidSpec event", lambda: "InvalidSpec" in agents.reasons("broken"))
     wait_for("the valid agent is served", lambda: agents.phase("fine") == "Healthy")
-    assert operator.proc is not None and operator.proc.poll() is None
+    assert operator.running
     assert "invalid spec" in operator.logs()
     agents.delete("broken")
 

@@ -20,7 +20,8 @@ from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sweeper import BeforeDelete
 from agent_registry.controller.tracker import TrackedAgent
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from operator_harness import Agents, wait_for
+from agent_registry.localcluster.process import wait_for
+from operator_harness import Agents
 
 FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 2, "gcAfterSeconds": 2}}
 

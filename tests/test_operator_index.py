@@ -14,9 +14,11 @@ from kubernetes import config
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import OperatorProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema.rest import rest_status
-from operator_harness import Agents, OperatorProcess, wait_for
+from operator_harness import Agents, operator_for_test
 
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 30, "gcAfterSeconds": 600}}
 
@@ -32,7 +34,7 @@ def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
 def operator(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
+    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
     yield op
     op.stop()
 
@@ -114,7 +116,7 @@ def test_index_rebuilt_after_redis_restart_and_flushall(
 def test_index_entries_expire_when_not_refreshed(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path, agents: Agents
 ) -> None:
-    op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path, index_ttl_seconds=10).start()
+    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, index_ttl_seconds=10).start()
     agents.create("short-lived", **KEEP)
     wait_for("indexed", lambda: index_matches(redis_url, agents))
     op.kill()

@@ -15,7 +15,6 @@ import secrets
 import signal
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,12 @@ import pytest
 import yaml
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import FacadeProcess, HeartbeatTimings, InClusterAccount, SidecarProcess
+from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
-from facade_harness import FacadeProcess, registration
+from facade_harness import registration
 from fake_agent import FakeAgent
-from operator_harness import wait_for
 from test_facade_auth import WRITER_RULES, assert_error
-from test_sidecar import SidecarProcess
 
 pytest_plugins = ["facade_fixtures"]
 
@@ -325,37 +324,29 @@ def start_sidecar(
     started: list[SidecarProcess] = []
 
     def start(identity: Identity, agent_name: str) -> SidecarProcess:
-        account = tmp_path / f"sa-{identity.name}-{len(started)}"
-        account.mkdir()
-        (account / "token").write_text(identity.token)
-        (account / "ca.crt").write_bytes(controlplane.ca_file.read_bytes())
-        (account / "namespace").write_text(world.namespace)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "AGENT_SERVICE_ACCOUNT_DIR": str(account),
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(controlplane.apiserver_port),
-            "AGENT_NAME": agent_name,
-            "AGENT_TYPE": "cost",
-            "AGENT_PORT": str(fake_agent.port),
-            "AGENT_HOST": "127.0.0.1",
-            "AGENT_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "AGENT_UNREACHABLE_AFTER_SECONDS": "5",
-            "AGENT_HEALTH_URL": fake_agent.url,
-            "AGENT_PROBE_TIMEOUT_SECONDS": "3",
-            "AGENT_SHUTDOWN_TIMEOUT_SECONDS": "10",
-        }
-        log_path = tmp_path / f"sidecar-{identity.name}-{len(started)}.log"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "agent_sidecar"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-            )
-        process = SidecarProcess(popen, log_path)
+        account = InClusterAccount.mount(
+            tmp_path / f"sa-{identity.name}-{len(started)}",
+            token=identity.token,
+            ca_file=controlplane.ca_file,
+            namespace=world.namespace,
+            host=LOOPBACK,
+            port=controlplane.apiserver_port,
+        )
+        process = SidecarProcess(
+            tmp_path,
+            name=f"sidecar-{identity.name}-{len(started)}",
+            agent_name=agent_name,
+            agent_type="cost",
+            port=fake_agent.port,
+            namespace=None,  # from the service account, as in a pod
+            in_cluster=account,
+            timings=HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=5),
+            health_url=fake_agent.url,
+            probe_timeout_seconds=3,
+            shutdown_timeout_seconds=10,
+            base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+            cwd=tmp_path,
+        ).start()
         started.append(process)
         return process
 
@@ -392,17 +383,17 @@ def test_the_sidecar_records_its_identity_and_does_not_adopt_another_identitys_a
     assert entry["level"] == "error"
     assert entry["registered_by"] == b.username
     assert entry["identity"] == a.username
-    assert sidecar_a.alive  # it keeps retrying, in case the name frees up
+    assert sidecar_a.running  # it keeps retrying, in case the name frees up
     before = sequence(world, "cost-b")
     wait_for("B to keep heartbeating", lambda: sequence(world, "cost-b") > before + 1, timeout=30)
     assert world.owner_of("agent", "cost-b") == b.username
     assert len([e for e in sidecar_a.entries() if e["msg"].startswith("cannot adopt")]) == 1  # once, not per retry
 
     # When B leaves, its Agent goes, and A registers the name as its own.
-    sidecar_b.popen.send_signal(signal.SIGTERM)
+    sidecar_b.send_signal(signal.SIGTERM)
     assert sidecar_b.wait() == 0
     wait_for("A to register the freed name", lambda: world.owner_of("agent", "cost-b") == a.username, timeout=60)
-    sidecar_a.popen.send_signal(signal.SIGTERM)
+    sidecar_a.send_signal(signal.SIGTERM)
     assert sidecar_a.wait() == 0
     assert world.get("agent", "cost-b") is None
 
@@ -415,7 +406,7 @@ def test_the_sidecar_claims_an_unowned_agent_it_adopts(
     sidecar = start_sidecar(a, "cost-a")
     wait_for("the adoption", lambda: sequence(world, "cost-a") > 0, timeout=30)
     assert world.owner_of("agent", "cost-a") == a.username
-    sidecar.popen.send_signal(signal.SIGTERM)
+    sidecar.send_signal(signal.SIGTERM)
     assert sidecar.wait() == 0
 
 

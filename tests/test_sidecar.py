@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +22,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import HeartbeatTimings, InClusterAccount, SidecarProcess
+from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import AgentStatus, ReportedStatus
 from agent_sidecar import config as sidecar_config
@@ -38,45 +38,6 @@ ROLE_FILE = REPO_ROOT / "manifests" / "rbac" / "sidecar-role.yaml"
 HEARTBEAT_FIELDS = {"lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "heartbeatSource"}
 DEADLINE = 30.0
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = DEADLINE) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-class SidecarProcess:
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.popen = popen
-        self.log_path = log_path
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def logs(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
-
-    def messages(self) -> list[str]:
-        return [entry["msg"] for entry in self.entries()]
-
-    def wait(self, timeout: float = DEADLINE) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.alive:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
 
 
 class Agents:
@@ -163,49 +124,48 @@ RunSidecar = Callable[..., SidecarProcess]
 def run_sidecar(
     tmp_path: Path, controlplane: LocalControlPlane, namespace: str, fake_agent: FakeAgent
 ) -> Iterator[RunSidecar]:
-    """Start ``python -m agent_sidecar`` with a quick, valid environment; keywords override it (None unsets)."""
+    """Start ``python -m agent_sidecar`` with quick, valid settings; keywords override them by
+    field name (None unsets), ``raw_env`` sets variables as a manifest would spell them."""
     started: list[SidecarProcess] = []
 
-    def run(**overrides: str | None) -> SidecarProcess:
-        env: dict[str, str | None] = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),  # no ~/.kube/config to fall back on
-            "KUBECONFIG": str(controlplane.kubeconfig),
-            "POD_NAMESPACE": namespace,
-            "AGENT_NAME": "cost-agent",
-            "AGENT_TYPE": "cost",
-            "AGENT_PORT": str(fake_agent.port),
-            "AGENT_HOST": "127.0.0.1",
-            "AGENT_CAPABILITIES": "spot_migration, rightsizing",
-            "AGENT_VERSION": "2.1.0",
-            "AGENT_METADATA": '{"region": "eu-west-1", "gpu": false}',
-            "AGENT_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "AGENT_UNREACHABLE_AFTER_SECONDS": "5",
-            "AGENT_HEALTH_URL": fake_agent.url,
+    def run(raw_env: dict[str, str | None] | None = None, **overrides: Any) -> SidecarProcess:
+        settings: dict[str, Any] = {
+            "kubeconfig": controlplane.kubeconfig,
+            "namespace": namespace,
+            "agent_name": "cost-agent",
+            "agent_type": "cost",
+            "port": fake_agent.port,
+            "capabilities": "spot_migration, rightsizing",
+            "version": "2.1.0",
+            "metadata": {"region": "eu-west-1", "gpu": False},
+            "timings": HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=5),
+            "health_url": fake_agent.url,
             # Generous against a busy machine: healthy is under 0.5 s, the fake's slow mode 1.5 s.
-            "AGENT_PROBE_TIMEOUT_SECONDS": "3",
-            "AGENT_PROBE_SLOW_SECONDS": "0.5",
-            "AGENT_SHUTDOWN_TIMEOUT_SECONDS": "10",
+            "probe_timeout_seconds": 3,
+            "probe_slow_seconds": 0.5,
+            "shutdown_timeout_seconds": 10,
         }
-        env.update(overrides)
-        log_path = tmp_path / f"sidecar-{len(started)}.log"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "agent_sidecar"],
-                env={k: v for k, v in env.items() if v is not None},
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-            )
-        process = SidecarProcess(popen, log_path)
-        started.append(process)
+        process = SidecarProcess(
+            tmp_path,
+            name=f"sidecar-{len(started)}",
+            # Nothing else from this machine: no ~/.kube/config, no in-cluster variables to fall back on.
+            base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+            cwd=tmp_path,
+            **(settings | overrides),
+        )
+        for variable, value in (raw_env or {}).items():
+            if value is None:
+                process.env.pop(variable, None)
+            else:
+                process.env[variable] = value
+        started.append(process.start())
         return process
 
     yield run
     for process in started:
         process.kill()
         # Shown by pytest only when the test fails.
-        print(f"--- sidecar log {process.log_path.name} (exit {process.popen.returncode}) ---\n{process.logs()}")
+        print(f"--- sidecar log {process.log_path.name} (exit {process.returncode}) ---\n{process.logs()}")
 
 
 def create_pod(controlplane: LocalControlPlane, namespace: str, name: str) -> str:
@@ -227,7 +187,7 @@ def test_registers_with_owner_reference_and_heartbeats(
     run_sidecar: RunSidecar, agents: Agents, controlplane: LocalControlPlane, namespace: str
 ) -> None:
     pod_uid = create_pod(controlplane, namespace, "cost-agent-pod")
-    sidecar = run_sidecar(POD_NAME="cost-agent-pod", POD_IP="10.1.2.3", AGENT_HOST=None, NODE_NAME="node-a")
+    sidecar = run_sidecar(pod_name="cost-agent-pod", pod_ip="10.1.2.3", host=None, node_name="node-a")
 
     agent = wait_for("the Agent", lambda: agents.get("cost-agent"))
     assert agent["spec"] == {
@@ -252,13 +212,13 @@ def test_registers_with_owner_reference_and_heartbeats(
     assert set(later) == HEARTBEAT_FIELDS
     assert later["heartbeatSource"] == "sidecar/cost-agent-pod"
     assert later["reportedStatus"] == "healthy"
-    assert sidecar.alive
+    assert sidecar.running
     # One line per state change, none per heartbeat.
     assert sidecar.messages() == ["starting", "registered: created the agent", "agent health changed"]
 
 
 def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agents: Agents) -> None:
-    sidecar = run_sidecar(POD_NAME="no-such-pod")
+    sidecar = run_sidecar(pod_name="no-such-pod")
     agents.wait_heartbeats_beyond("cost-agent", 0)
     agent = agents.get("cost-agent")
     assert agent is not None
@@ -338,13 +298,13 @@ def test_recovers_when_the_api_server_comes_back(
     controlplane.stop_apiserver()
     try:
         time.sleep(20)
-        assert sidecar.alive
+        assert sidecar.running
     finally:
         controlplane.start_apiserver()
 
     after = agents.wait_heartbeats_beyond("cost-agent", before + 1)
     assert after["heartbeatSequence"] > before
-    assert sidecar.alive
+    assert sidecar.running
     messages = sidecar.messages()
     assert "kubernetes API call failing; retrying with backoff" in messages
     assert "kubernetes API calls succeed again" in messages
@@ -377,7 +337,7 @@ def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agent
     sidecar = run_sidecar()
     agents.wait_heartbeats_beyond("cost-agent", 1)
 
-    sidecar.popen.send_signal(signal.SIGTERM)
+    sidecar.send_signal(signal.SIGTERM)
 
     assert sidecar.wait() == 0
     assert agents.get("cost-agent") is None
@@ -389,14 +349,16 @@ def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agent
 
 def test_bad_environment_is_one_clear_error_and_registers_nothing(run_sidecar: RunSidecar, agents: Agents) -> None:
     sidecar = run_sidecar(
-        AGENT_TYPE="Cost",
-        AGENT_PORT="eighty",
-        AGENT_CAPABILITIES="spot_migration,Not A Token",
-        AGENT_METADATA="{not json",
-        AGENT_HEARTBEAT_INTERVAL_SECONDS="0",
-        AGENT_HEALTH_URL="ftp://example",
-        AGENT_HOST=None,
-        POD_IP=None,
+        raw_env=dict(
+            AGENT_TYPE="Cost",
+            AGENT_PORT="eighty",
+            AGENT_CAPABILITIES="spot_migration,Not A Token",
+            AGENT_METADATA="{not json",
+            AGENT_HEARTBEAT_INTERVAL_SECONDS="0",
+            AGENT_HEALTH_URL="ftp://example",
+            AGENT_HOST=None,
+            POD_IP=None,
+        )
     )
 
     assert sidecar.wait() == 2
@@ -431,28 +393,29 @@ def test_minimal_role_with_a_service_account(
         "--role=agent-sidecar", f"--serviceaccount={namespace}:cost-agent",
     )  # fmt: skip
     token = controlplane.kubectl("create", "token", "cost-agent", "-n", namespace).stdout.strip()
-    account = tmp_path / "serviceaccount"
-    account.mkdir()
-    (account / "token").write_text(token)
-    (account / "ca.crt").write_bytes(controlplane.ca_file.read_bytes())
-    (account / "namespace").write_text(namespace)
+    account = InClusterAccount.mount(
+        tmp_path / "serviceaccount",
+        token=token,
+        ca_file=controlplane.ca_file,
+        namespace=namespace,
+        host=LOOPBACK,
+        port=controlplane.apiserver_port,
+    )
     pod_uid = create_pod(controlplane, namespace, "cost-agent-pod")
 
     sidecar = run_sidecar(
-        KUBECONFIG=None,
-        POD_NAMESPACE=None,  # from the service account, as in a pod
-        AGENT_SERVICE_ACCOUNT_DIR=str(account),
-        KUBERNETES_SERVICE_HOST="127.0.0.1",
-        KUBERNETES_SERVICE_PORT=str(controlplane.apiserver_port),
-        POD_NAME="cost-agent-pod",
-        POD_UID=pod_uid,  # so no permission to read pods is needed
+        kubeconfig=None,
+        namespace=None,  # from the service account, as in a pod
+        in_cluster=account,
+        pod_name="cost-agent-pod",
+        pod_uid=pod_uid,  # so no permission to read pods is needed
     )
     agents.wait_heartbeats_beyond("cost-agent", 1)
     agent = agents.get("cost-agent")
     assert agent is not None
     assert agent["metadata"]["ownerReferences"][0]["uid"] == pod_uid
 
-    sidecar.popen.send_signal(signal.SIGTERM)
+    sidecar.send_signal(signal.SIGTERM)
     assert sidecar.wait() == 0
     assert agents.get("cost-agent") is None
     assert not [e for e in sidecar.entries() if e["level"] in ("warning", "error")], sidecar.logs()

@@ -4,9 +4,6 @@ and a sidecar that dies leaves an agent that goes Unreachable and is cleaned up.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +11,10 @@ import pytest
 from kubernetes import config
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import HeartbeatTimings, OperatorProcess, SidecarProcess
+from agent_registry.localcluster.process import wait_for
 from fake_agent import FakeAgent
-from operator_harness import Agents, OperatorProcess, wait_for
+from operator_harness import Agents, operator_for_test
 
 
 @pytest.fixture
@@ -29,42 +28,34 @@ def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
 def operator(
     controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
+    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
     yield op
     op.stop()
 
 
-def start_sidecar(
-    controlplane: LocalControlPlane, namespace: str, agent: FakeAgent, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(log.parent),
-        "KUBECONFIG": str(controlplane.kubeconfig),
-        "POD_NAMESPACE": namespace,
-        "AGENT_NAME": "perf-agent",
-        "AGENT_TYPE": "performance",
-        "AGENT_PORT": str(agent.port),
-        "AGENT_HOST": "127.0.0.1",
-        "AGENT_CAPABILITIES": "latency_analysis",
-        "AGENT_HEARTBEAT_INTERVAL_SECONDS": "1",
-        "AGENT_UNREACHABLE_AFTER_SECONDS": "4",
-        "AGENT_GC_AFTER_SECONDS": "4",
-        "AGENT_HEALTH_URL": agent.url,
-        "AGENT_PROBE_TIMEOUT_SECONDS": "3",
-        "AGENT_PROBE_SLOW_SECONDS": "0.5",
-    }
-    with log.open("wb") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent_sidecar"], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent
-        )
+def start_sidecar(controlplane: LocalControlPlane, namespace: str, agent: FakeAgent, log_dir: Path) -> SidecarProcess:
+    return SidecarProcess(
+        log_dir,
+        agent_name="perf-agent",
+        agent_type="performance",
+        port=agent.port,
+        namespace=namespace,
+        kubeconfig=controlplane.kubeconfig,
+        capabilities=["latency_analysis"],
+        timings=HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=4, gc_after_seconds=4),
+        health_url=agent.url,
+        probe_timeout_seconds=3,
+        probe_slow_seconds=0.5,
+        base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(log_dir)},
+        cwd=log_dir,
+    ).start()
 
 
 def test_health_drives_phase_and_a_dead_sidecar_is_collected(
     operator: OperatorProcess, agents: Agents, controlplane: LocalControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     with FakeAgent(slow_seconds=1.5) as fake:
-        sidecar = start_sidecar(controlplane, namespace, fake, tmp_path / "sidecar.log")
+        sidecar = start_sidecar(controlplane, namespace, fake, tmp_path)
         try:
             wait_for("Healthy", lambda: agents.phase("perf-agent") == "Healthy")
             fake.set_mode("slow")
@@ -73,14 +64,11 @@ def test_health_drives_phase_and_a_dead_sidecar_is_collected(
             wait_for("Unhealthy", lambda: agents.phase("perf-agent") == "Unhealthy")
             fake.set_mode("healthy")
             wait_for("Healthy again", lambda: agents.phase("perf-agent") == "Healthy")
-            sidecar.send_signal(signal.SIGKILL)  # no deregistration: the registry must notice
-            sidecar.wait(timeout=10)
+            sidecar.kill()  # no deregistration: the registry must notice
             wait_for("Unreachable", lambda: agents.phase("perf-agent") == "Unreachable", timeout=20)
             wait_for("collected", lambda: agents.get("perf-agent") is None, timeout=30)
         finally:
-            if sidecar.poll() is None:
-                sidecar.kill()
-                sidecar.wait(timeout=10)
+            sidecar.kill()
     reasons = agents.reasons("perf-agent")
     for reason in ("Registered", "Degraded", "Unhealthy", "Healthy", "Unreachable", "Removed"):
         assert reason in reasons, (reason, reasons)

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from e2e_cluster import Cluster
 
+from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,20 +40,8 @@ OPERATOR = f"{RELEASE}-agent-registry-operator"
 FACADE = f"{RELEASE}-agent-registry-facade"
 REDIS = f"{RELEASE}-agent-registry-redis"
 SAMPLE_DEPLOYMENT = "cost-agent"
-T = TypeVar("T")
 
 pytestmark = pytest.mark.kind
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class Scenario:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self, TypeVar
 
 # Loopback only: nothing started for tests is reachable from outside the machine.
 LOOPBACK = "127.0.0.1"
@@ -34,6 +35,7 @@ _SETPRIV = shutil.which("setpriv")
 
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -52,6 +54,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class WaitTimeoutError(TimeoutError):
+    """Something waited for did not happen in time."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    check: Callable[[], None] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy, and return that.
+
+    ``check`` runs before every probe and may raise to give up early (a server that
+    died will never become ready). The probe runs at least once, and once more at the
+    deadline, so a slow machine that oversleeps still gets its last look.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        if check is not None:
+            check()
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise WaitTimeoutError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
 def _with_parent_death_signal(argv: list[str]) -> list[str]:
     if _SETPRIV is None or threading.current_thread() is not threading.main_thread():
         return argv
@@ -68,12 +100,14 @@ class ManagedProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         stop_grace_seconds: float = 5.0,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
         self.stop_grace_seconds = stop_grace_seconds
+        self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +122,7 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self._popen.poll() if self._popen else None
 
-    def start(self) -> None:
+    def start(self) -> Self:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,18 +135,32 @@ class ManagedProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         with _live_lock:
             _live.add(self)
+        return self
 
-    def stop(self, grace_seconds: float | None = None) -> None:
-        """SIGTERM, then SIGKILL if the process is still there after the grace period."""
+    def stop(self, grace_seconds: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL if the process is still there after the grace period; the exit status."""
         self._terminate(signal.SIGTERM, self.stop_grace_seconds if grace_seconds is None else grace_seconds)
+        return self.returncode
 
     def kill(self) -> None:
         """SIGKILL at once: a crash, as fault tests want it."""
         self._terminate(signal.SIGKILL, 0.0)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """A signal to the whole process group, as the kubelet's stop or a terminal's Ctrl-C sends it."""
+        if self.running and self._popen is not None:
+            self._signal_group(self._popen.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The exit status, once the process has exited by itself (``subprocess.TimeoutExpired`` otherwise)."""
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._popen.wait(timeout=timeout)
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets but answers nothing, as a stalled server does."""
@@ -173,34 +221,39 @@ class ManagedProcess:
         with self.log_path.open("a") as log_file:
             log_file.write(f"=== {message}\n")
 
-    def log_tail(self, lines: int = 40) -> str:
+    def logs(self) -> str:
+        """The whole log, every start of the process included."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
-            return "(no log written)"
-        return "\n".join(text.splitlines()[-lines:])
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.logs()
+        return "\n".join(text.splitlines()[-lines:]) if text else "(no log written)"
 
     def failed_to_bind(self) -> bool:
         """Whether the process exited because its port was taken in the meantime."""
         return self.returncode is not None and "address already in use" in self.log_tail(80).lower()
 
+    def check_alive(self, before: str = "") -> None:
+        """Raise :class:`ProcessExitedError`, with the log's end, when the process has exited."""
+        if not self.running:
+            when = f" before {before}" if before else ""
+            raise ProcessExitedError(
+                f"{self.name} exited with code {self.returncode}{when}; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            )
+
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``ready`` until it returns True; fail early if the process dies."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise ProcessExitedError(
-                    f"{self.name} exited with code {self.returncode} before {what}; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.name} did not reach '{what}' within {timeout:.0f}s; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        try:
+            wait_for(what, ready, timeout, interval=0.1, check=lambda: self.check_alive(before=what))
+        except WaitTimeoutError:
+            raise WaitTimeoutError(
+                f"{self.name} did not reach '{what}' within {timeout:.0f}s; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            ) from None
 
 
 class ProcessExitedError(RuntimeError):

@@ -3,7 +3,8 @@
 Every child is a :class:`~agent_registry.localcluster.process.ManagedProcess`: its own
 session (a Ctrl-C in the terminal reaches only this process, which then stops the
 children in order), its own log file, and the kernel's parent-death signal, so not even a
-SIGKILL of ``make run`` leaves servers behind.
+SIGKILL of ``make run`` leaves servers behind. The registry's own processes are started
+by :mod:`agent_registry.localcluster.launcher`; this module only chooses their values.
 """
 
 from __future__ import annotations
@@ -19,27 +20,35 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import (
+    FACADE_MODULE,
+    FacadeProcess,
+    HeartbeatTimings,
+    OperatorProcess,
+    SidecarProcess,
+    http_ok,
+    inherited_env,
+)
 from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, free_port
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.localrun import kube
 
-FACADE_MODULE = "agent_registry.facade"
 DEFAULT_API_PORT = 8080
 # Shorter than production so a demo shows Unreachable and clean-up within a minute.
 DEMO_HEARTBEAT_SECONDS = 5
 DEMO_UNREACHABLE_AFTER_SECONDS = 15
 DEMO_GC_AFTER_SECONDS = 60
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# A demo stops in seconds, or is killed: nobody waits half a minute for Ctrl-C.
+_STOP_GRACE_SECONDS = 10.0
+Child = TypeVar("Child", bound=ManagedProcess)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +83,10 @@ class RunOptions:
     keep_logs: bool = False
     """Keep the directory of logs after stopping (it is removed otherwise)."""
 
+    @property
+    def timings(self) -> HeartbeatTimings:
+        return HeartbeatTimings(self.heartbeat_seconds, self.unreachable_after_seconds, self.gc_after_seconds)
+
 
 @dataclasses.dataclass
 class Endpoints:
@@ -93,14 +106,6 @@ def facade_available() -> bool:
 
 def _progress(message: str) -> None:
     print(f"[run] {message}", file=sys.stderr, flush=True)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with _NO_PROXY.open(url, timeout=2) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def port_is_free(port: int) -> bool:
@@ -131,7 +136,6 @@ class Stack:
         self._controlplane: LocalControlPlane | None = None
         self._redis: LocalRedis | None = None
         self._api: client.ApiClient | None = None
-        self._kubeconfig: Path | None = None
         self._step = 0
         self._steps = 7
         self._closed = False
@@ -202,11 +206,7 @@ class Stack:
     def check_alive(self) -> None:
         """Raise when a child exited on its own, naming it and showing its log's end."""
         for process in self._processes:
-            if not process.running:
-                raise RuntimeError(
-                    f"{process.name} exited with code {process.returncode}; "
-                    f"last lines of {process.log_path}:\n{process.log_tail(20)}"
-                )
+            process.check_alive()
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -223,47 +223,40 @@ class Stack:
             kubeconfig = self.options.kubeconfig
             with self._stage(f"using the cluster of KUBECONFIG={kubeconfig}"), kube.api_client(kubeconfig) as api:
                 _progress(f"    Kubernetes {kube.server_version(api)} answers")
-            self._kubeconfig = kubeconfig
             return kubeconfig
         with self._stage("starting the embedded control plane (kube-apiserver + etcd; the first run builds them)"):
             controlplane = self._controlplane = self._exit.enter_context(LocalControlPlane())
-        self._kubeconfig = controlplane.kubeconfig
         return controlplane.kubeconfig
 
-    def _child(self, name: str, argv: list[str], env: dict[str, str], grace: float = 10.0) -> ManagedProcess:
-        process = ManagedProcess(name, argv, self._workdir / "logs" / f"{name}.log", env=env, stop_grace_seconds=grace)
-        process.start()
+    @property
+    def _logs(self) -> Path:
+        return self._workdir / "logs"
+
+    def _track(self, process: Child) -> Child:
+        """Stopped on the way out, newest first, even if it never gets ready."""
         self._processes.append(process)
         self._exit.callback(process.stop)
         return process
 
-    def _base_env(self, kubeconfig: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_REGISTRY_", "AGENT_", "POD_"))}
-        env["KUBECONFIG"] = str(kubeconfig)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     def _start_operator(self, kubeconfig: Path, redis_url: str) -> str:
-        metrics_port, health_port = free_port(), free_port()
         # On a real cluster the local operator only looks at the demo namespace: it must
         # never act on agents that an installed registry is responsible for.
-        watched = self.options.namespace if self.options.kubeconfig is not None else ""
-        env = self._base_env(kubeconfig) | {
-            "AGENT_REGISTRY_NAMESPACES": watched,
-            "AGENT_REGISTRY_REDIS_URL": redis_url,
-            "AGENT_REGISTRY_METRICS_HOST": LOOPBACK,
-            "AGENT_REGISTRY_METRICS_PORT": str(metrics_port),
-            "AGENT_REGISTRY_LIVENESS_ENDPOINT": f"http://{LOOPBACK}:{health_port}/healthz",
-            "AGENT_REGISTRY_LEASE_NAMESPACE": self.options.namespace,
-            "AGENT_REGISTRY_LEASE_NAME": "agent-registry-localrun",
-            "AGENT_REGISTRY_IDENTITY": f"localrun-{socket.gethostname()}-{os.getpid()}",
-            "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": "1",
-        }
-        scope = f"namespace {watched}" if watched else "all namespaces"
+        watched = [self.options.namespace] if self.options.kubeconfig is not None else []
+        operator = OperatorProcess(
+            self._logs,
+            kubeconfig=kubeconfig,
+            redis_url=redis_url,
+            namespaces=watched,
+            stop_grace_seconds=_STOP_GRACE_SECONDS,
+            lease_namespace=self.options.namespace,
+            lease_name="agent-registry-localrun",
+            identity=f"localrun-{socket.gethostname()}-{os.getpid()}",
+            sweep_interval_seconds=1,
+        )
+        scope = f"namespace {watched[0]}" if watched else "all namespaces"
         with self._stage(f"starting the operator (watching {scope})"):
-            operator = self._child("operator", [sys.executable, "-m", "agent_registry.controller"], env)
-            operator.wait_until(lambda: _http_ok(f"http://{LOOPBACK}:{health_port}/healthz"), 60, "/healthz answers")
-        return f"http://{LOOPBACK}:{metrics_port}/metrics"
+            self._track(operator).start()
+        return operator.metrics_url
 
     def _start_facade(self, kubeconfig: Path, redis_url: str) -> tuple[str | None, str | None]:
         """The REST API's URL and the facade's metrics URL (None, None without a facade)."""
@@ -276,13 +269,22 @@ class Stack:
             port = DEFAULT_API_PORT if port_is_free(DEFAULT_API_PORT) else free_port()
         elif port == 0:
             port = free_port()
-        metrics_port = free_port()
-        env = self._base_env(kubeconfig) | facade_env(LOOPBACK, port, metrics_port, self.options, redis_url)
-        url = f"http://{LOOPBACK}:{port}"
-        with self._stage(f"starting the REST facade on {url} (no authentication: local use only)"):
-            facade = self._child("facade", [sys.executable, "-m", FACADE_MODULE], env)
-            facade.wait_until(lambda: _http_ok(f"{url}/health"), 60, "/health answers")
-        return url, f"http://{LOOPBACK}:{metrics_port}/metrics"
+        # Loopback and no authentication: local use only. The run's heartbeat timings go to
+        # REST agents too: a user who shortens them to try the registry expects every agent
+        # to follow. The metrics get a free port: a fixed one would collide with a second run.
+        facade = FacadeProcess(
+            self._logs,
+            kubeconfig=kubeconfig,
+            redis_url=redis_url,
+            namespace=self.options.namespace,
+            port=port,
+            auth=False,
+            timings=self.options.timings,
+            stop_grace_seconds=_STOP_GRACE_SECONDS,
+        )
+        with self._stage(f"starting the REST facade on {facade.url} (no authentication: local use only)"):
+            self._track(facade).start()
+        return facade.url, facade.metrics_url
 
     def _start_demo_agents(self, kubeconfig: Path) -> dict[str, str]:
         urls: dict[str, str] = {}
@@ -292,30 +294,33 @@ class Stack:
                 url = f"http://{LOOPBACK}:{port}"
                 argv = [sys.executable, "-m", "agent_registry.localrun.demo_agent"]
                 argv += ["--host", LOOPBACK, "--port", str(port), "--name", agent.name]
-                process = self._child(agent.name, argv, self._base_env(kubeconfig), grace=5.0)
-                process.wait_until(functools.partial(_http_ok, f"{url}/health"), 30, "/health answers")
-                sidecar = [sys.executable, "-m", "agent_sidecar"]
-                self._child(f"{agent.name}-sidecar", sidecar, self._sidecar_env(agent, port))
+                log = self._logs / f"{agent.name}.log"
+                process = ManagedProcess(
+                    agent.name, argv, log, env=inherited_env() | {"PYTHONUNBUFFERED": "1"}, stop_grace_seconds=5.0
+                )
+                self._track(process).start()
+                process.wait_until(functools.partial(http_ok, f"{url}/health"), 30, "/health answers")
+                self._track(self._sidecar(agent, port, kubeconfig)).start()
                 urls[agent.name] = url
         return urls
 
-    def _sidecar_env(self, agent: DemoAgent, port: int) -> dict[str, str]:
-        assert self._kubeconfig is not None
-        return self._base_env(self._kubeconfig) | {
-            "POD_NAMESPACE": self.options.namespace,
-            "POD_NAME": f"{agent.name}-local",
-            "AGENT_NAME": agent.name,
-            "AGENT_TYPE": agent.type,
-            "AGENT_HOST": LOOPBACK,
-            "AGENT_PORT": str(port),
-            "AGENT_CAPABILITIES": ",".join(agent.capabilities),
-            "AGENT_VERSION": "1.0.0",
-            "AGENT_METADATA": json.dumps({"started-by": "make run"}),
-            "AGENT_HEARTBEAT_INTERVAL_SECONDS": str(self.options.heartbeat_seconds),
-            "AGENT_UNREACHABLE_AFTER_SECONDS": str(self.options.unreachable_after_seconds),
-            "AGENT_GC_AFTER_SECONDS": str(self.options.gc_after_seconds),
-            "AGENT_HEALTH_URL": f"http://{LOOPBACK}:{port}/health",
-        }
+    def _sidecar(self, agent: DemoAgent, port: int, kubeconfig: Path) -> SidecarProcess:
+        return SidecarProcess(
+            self._logs,
+            name=f"{agent.name}-sidecar",
+            agent_name=agent.name,
+            agent_type=agent.type,
+            port=port,
+            namespace=self.options.namespace,
+            kubeconfig=kubeconfig,
+            timings=self.options.timings,
+            stop_grace_seconds=_STOP_GRACE_SECONDS,
+            pod_name=f"{agent.name}-local",
+            capabilities=list(agent.capabilities),
+            version="1.0.0",
+            metadata={"started-by": "make run"},
+            health_url=f"http://{LOOPBACK}:{port}/health",
+        )
 
     def _wait_healthy(self, api: client.ApiClient, names: list[str], timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -352,24 +357,6 @@ class Stack:
         tmp = self.options.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.options.state_file)
-
-
-def facade_env(host: str, port: int, metrics_port: int, options: RunOptions, redis_url: str) -> dict[str, str]:
-    """The facade's settings for a local run: loopback, no authentication, the demo namespace,
-    and the run's heartbeat timings, so that agents registered through REST get the same
-    timings as the demo sidecars (a user who shortens them to try the registry expects every
-    agent to follow). The metrics get a free port: a fixed one would collide with a second run."""
-    return {
-        "AGENT_REGISTRY_FACADE_HOST": host,
-        "AGENT_REGISTRY_FACADE_PORT": str(port),
-        "AGENT_REGISTRY_FACADE_METRICS_PORT": str(metrics_port),
-        "AGENT_REGISTRY_FACADE_NAMESPACE": options.namespace,
-        "AGENT_REGISTRY_FACADE_AUTH_ENABLED": "false",
-        "AGENT_REGISTRY_FACADE_HEARTBEAT_INTERVAL_SECONDS": str(options.heartbeat_seconds),
-        "AGENT_REGISTRY_FACADE_UNREACHABLE_AFTER_SECONDS": str(options.unreachable_after_seconds),
-        "AGENT_REGISTRY_FACADE_GC_AFTER_SECONDS": str(options.gc_after_seconds),
-        "AGENT_REGISTRY_REDIS_URL": redis_url,
-    }
 
 
 def wait_forever(check: Callable[[], None], period: float = 1.0) -> None:
