@@ -23,8 +23,9 @@ from typing import Any, Generic, TypeVar
 
 from agent_registry.facade import metrics
 from agent_registry.facade.errors import ApiError, unavailable
-from agent_registry.facade.kube import Kube, KubeError, KubeUnavailable
+from agent_registry.facade.kube import Kube
 from agent_registry.facade.settings import FacadeSettings
+from agent_registry.kubeapi import StatusError, Unavailable
 from agent_registry.schema import constants as c
 
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class Authenticator:
             return cached
         try:
             caller = await self._single_flight(("token", key), lambda: self._review(token))
-        except KubeUnavailable as exc:
+        except Unavailable as exc:
             stale = self._identities.get(key, outage=True)
             if stale is not None:
                 return stale
@@ -175,7 +176,7 @@ class Authenticator:
             return True, ""
         try:
             allowed, reason = await self._single_flight(("sar", key), lambda: self._access_review(caller, attributes))
-        except KubeUnavailable as exc:
+        except Unavailable as exc:
             if self._allowed.get(key, outage=True):
                 return True, ""
             metrics.AUTH.labels(result="error").inc()
@@ -188,7 +189,7 @@ class Authenticator:
     async def _review(self, token: str) -> Caller:
         try:
             review = await self.kube.token_review(token, self.audiences)
-        except KubeError as exc:
+        except StatusError as exc:
             raise unavailable(f"the registry cannot review tokens (check its RBAC for tokenreviews): {exc}") from exc
         status = review.get("status") or {}
         if not status.get("authenticated"):
@@ -212,7 +213,7 @@ class Authenticator:
             spec["extra"] = {k: list(v) for k, v in caller.extra}
         try:
             review = await self.kube.subject_access_review(spec)
-        except KubeError as exc:
+        except StatusError as exc:
             raise unavailable(
                 f"the registry cannot check permissions (check its RBAC for subjectaccessreviews): {exc}"
             ) from exc

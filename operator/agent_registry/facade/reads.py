@@ -24,9 +24,10 @@ from pydantic import ValidationError
 
 from agent_registry.facade import metrics
 from agent_registry.facade.errors import unavailable
-from agent_registry.facade.kube import Kube, KubeUnavailable
+from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
 from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
+from agent_registry.kubeapi import Unavailable
 from agent_registry.schema.agent import AgentStatus
 from agent_registry.schema.rest import AgentView, agent_view_from_resource
 
@@ -155,7 +156,7 @@ class Reads:
             # Not indexed yet, or deleted by someone else since: the API server tells which.
             try:
                 resource = await self.kube.get_agent(namespace, write.name)
-            except KubeUnavailable:
+            except Unavailable:
                 metrics.KUBE_ERRORS.inc()
             else:
                 metrics.READS.labels(source="api").inc()
@@ -174,7 +175,7 @@ class Reads:
         # The index lacks it: too new for the index, or the index is down. The API server knows.
         try:
             resource = await self.kube.find_by_id(namespace, agent_id)
-        except KubeUnavailable as exc:
+        except Unavailable as exc:
             metrics.KUBE_ERRORS.inc()
             if index_answered:
                 return None
@@ -235,7 +236,7 @@ class Reads:
         # agent it has not seen yet must not be missing from the answer.
         try:
             views = await self._every_agent(namespace)
-        except KubeUnavailable as exc:
+        except Unavailable as exc:
             metrics.KUBE_ERRORS.inc()
             raise unavailable(
                 f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"

@@ -111,8 +111,8 @@ class FacadeSettings(BaseSettings):
     tried again, so an outage does not add a timeout to every request."""
 
     kubeconfig: Path | None = None
-    """A kubeconfig file. Unset: the first file in ``KUBECONFIG``, else the in-cluster service
-    account, else ~/.kube/config."""
+    """A kubeconfig file. Unset: the in-cluster service account, else the first file in
+    ``KUBECONFIG``, else ~/.kube/config (the precedence of every process, ``kubeapi.credentials``)."""
 
     kube_timeout_seconds: float = Field(default=10.0, gt=0)
     """Per API-server request. A write that cannot finish in time answers 503."""

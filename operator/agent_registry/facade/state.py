@@ -12,9 +12,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from agent_registry import kubeapi
 from agent_registry.facade import metrics
 from agent_registry.facade.auth import Authenticator
-from agent_registry.facade.kube import Credentials, Kube, KubeError, KubeUnavailable, kubeconfig_from_env
+from agent_registry.facade.kube import Kube
 from agent_registry.facade.models import DependencyCheck, ReadyResponse
 from agent_registry.facade.reads import IndexAccess, Reads
 from agent_registry.facade.recent import RecentWrites
@@ -23,6 +24,7 @@ from agent_registry.facade.settings import FacadeSettings
 from agent_registry.facade.writes import Writes
 from agent_registry.index import IndexReader, IndexUnavailable
 from agent_registry.index.reader import RedisClient
+from agent_registry.kubeapi import StatusError, Unavailable
 
 logger = logging.getLogger(__name__)
 _CHECK_TIMEOUT_SECONDS = 3.0
@@ -63,8 +65,7 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: FacadeSettings) -> Registry:
-        credentials = Credentials.load(kubeconfig_from_env(settings.kubeconfig))
-        kube = Kube(credentials, settings.kube_timeout_seconds)
+        kube = Kube(kubeapi.load(settings.kubeconfig), settings.kube_timeout_seconds)
         return cls(settings, kube, IndexReader(redis_client(settings), prefix=settings.redis_key_prefix))
 
     async def aclose(self) -> None:
@@ -93,9 +94,9 @@ class Registry:
     async def _check_kube(self) -> DependencyCheck:
         try:
             await asyncio.wait_for(self.kube.ping(self.settings.namespace), _CHECK_TIMEOUT_SECONDS)
-        except (KubeUnavailable, TimeoutError) as exc:
+        except (Unavailable, TimeoutError) as exc:
             return DependencyCheck(ok=False, error=f"unreachable: {exc or 'timed out'}")
-        except KubeError as exc:
+        except StatusError as exc:
             return DependencyCheck(ok=False, error=f"cannot list agents in {self.settings.namespace!r}: {exc}")
         return DependencyCheck(ok=True)
 

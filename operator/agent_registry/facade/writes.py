@@ -30,11 +30,12 @@ from typing import Any, TypeVar
 from agent_registry.facade import metrics
 from agent_registry.facade.auth import Authenticator, Caller
 from agent_registry.facade.errors import AGENT_NOT_FOUND, ApiError, bad_request, not_found, unavailable
-from agent_registry.facade.kube import Kube, KubeError, KubeUnavailable
+from agent_registry.facade.kube import Kube
 from agent_registry.facade.owners import Owners, registered_by
 from agent_registry.facade.reads import Located
 from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.settings import FacadeSettings
+from agent_registry.kubeapi import StatusError, Unavailable
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
 from agent_registry.schema.rest import (
@@ -110,7 +111,7 @@ class Writes:
             }
             try:
                 created = await self._kube(self.kube.create_agent(namespace, body), "register the agent")
-            except KubeError as exc:
+            except StatusError as exc:
                 if exc.status == 409 and exc.reason == "AlreadyExists":
                     response = await self._reregister(caller, namespace, request, spec)
                     if response is not None:
@@ -167,7 +168,7 @@ class Writes:
                 patch["metadata"]["annotations"] = {c.REGISTERED_BY_ANNOTATION: caller.user}  # claim the unowned
             try:
                 updated = await self._kube(self.kube.patch_agent(namespace, request.name, patch), "update the agent")
-            except KubeError as exc:
+            except StatusError as exc:
                 if exc.status == 409:
                     continue
                 if exc.status == 404:
@@ -193,7 +194,7 @@ class Writes:
         label, which the operator adopts; the registration stands."""
         try:
             return await self.kube.patch_status(namespace, name, {"status": status})
-        except (KubeUnavailable, KubeError) as exc:
+        except (Unavailable, StatusError) as exc:
             logger.warning(
                 "registered %s/%s but could not write its status (the operator will): %s", namespace, name, exc
             )
@@ -227,7 +228,7 @@ class Writes:
             resource = await self._kube(
                 self.kube.patch_status(agent.namespace, agent.name, {"status": status}), "record the heartbeat"
             )
-        except KubeError as exc:
+        except StatusError as exc:
             if exc.status == 404:
                 self.recent.forget(agent.agent_id)
                 metrics.OPERATIONS.labels(operation="heartbeat", outcome="unknown").inc()
@@ -259,7 +260,7 @@ class Writes:
             await self._kube(
                 self.kube.delete_agent(agent.namespace, agent.name, agent.uid or None), "unregister the agent"
             )
-        except KubeError as exc:
+        except StatusError as exc:
             # 409: the uid precondition failed, the name belongs to a newer agent now.
             if exc.status in (404, 409):
                 self.recent.forget(agent.agent_id)
@@ -290,12 +291,12 @@ class Writes:
     async def _kube(call: Awaitable[T], action: str) -> T:
         try:
             return await call
-        except KubeUnavailable as exc:
+        except Unavailable as exc:
             metrics.KUBE_ERRORS.inc()
             raise unavailable(f"cannot {action}: the Kubernetes API server is unavailable ({exc})") from exc
 
     @staticmethod
-    def _rejected(exc: KubeError, namespace: str) -> ApiError:
+    def _rejected(exc: StatusError, namespace: str) -> ApiError:
         if exc.status == 422:
             # The models check everything the CRD checks, so this is rare: e.g. more than the
             # allowed metadata entries once a heartbeat's metadata is merged with the old.
