@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
+from agent_registry import kubeapi
 from agent_registry.controller.kube import DeleteOutcome
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sweeper import Sweeper, Writes
@@ -121,7 +121,7 @@ async def test_initialise_keeps_an_existing_registered_at() -> None:
 async def test_a_failed_initialisation_is_retried_and_announced_when_it_lands() -> None:
     world = World()
     agent = world.observe("a")
-    world.kube.fail_status = ApiException(status=500)
+    world.kube.fail_status = kubeapi.Unavailable(500, "InternalError", "boom")
     await world.sweeper.initialise(agent)
     assert not agent.initialised and world.kube.events == []
     world.kube.fail_status = None
@@ -149,7 +149,7 @@ async def test_marking_unreachable_updates_the_index_and_an_agent_gone_is_forgot
     assert agent.phase == Phase.UNREACHABLE and world.index.phases[agent.key] == Phase.UNREACHABLE
     assert world.kube.events == [("a", "Unreachable")]
     gone = world.observe("gone")
-    world.kube.fail_status = ApiException(status=404)
+    world.kube.fail_status = kubeapi.NotFound(404, "NotFound", 'agents "x" not found')
     await world.sweeper.mark_unreachable(gone)
     assert gone.key not in world.tracker.agents
 

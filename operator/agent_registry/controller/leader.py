@@ -18,14 +18,18 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from agent_registry import kubeapi
 from agent_registry.controller.kube import Kube
+from agent_registry.kubeapi import paths
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[], Awaitable[None]]
+
+
+def _micro_time() -> str:
+    """A Lease's MicroTime: RFC 3339 with microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -40,16 +44,16 @@ class LeaderElector:
         on_started_leading: Callback,
         on_stopped_leading: Callback,
     ) -> None:
-        self.kube = kube
-        self.api = kube.coordination
-        # A renewal that cannot finish before the lease would lapse is worthless; give up
-        # on it in time to notice and step down (client-go's renew deadline, in spirit).
-        self.call_timeout = max(1.0, min(kube.timeout, lease_duration - renew_period))
+        self.api = kube.api
+        self.path = paths.leases(namespace, name)
         self.name = name
         self.namespace = namespace
         self.identity = identity
         self.lease_duration = lease_duration
         self.renew_period = renew_period
+        # A renewal that cannot finish before the lease would lapse is worthless; give up
+        # on it in time to notice and step down (client-go's renew deadline, in spirit).
+        self.call_timeout = max(1.0, min(kube.timeout, lease_duration - renew_period))
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
         self.is_leader = False
@@ -63,9 +67,7 @@ class LeaderElector:
             while True:
                 try:
                     await self._tick()
-                except ApiException as exc:
-                    logger.warning("leader election: API error %s %s", exc.status, exc.reason)
-                except Exception as exc:  # connection errors, timeouts
+                except kubeapi.ApiError as exc:  # no answer, timeouts, error statuses
                     logger.warning("leader election: %s", exc)
                 if self.is_leader and time.monotonic() - self._last_renewed > self.lease_duration:
                     # Could not renew for a whole lease: someone else may hold it now.
@@ -76,77 +78,63 @@ class LeaderElector:
                 await self._release()
 
     async def _tick(self) -> None:
-        lease = await self._read()
+        lease = await self.api.get(self.path, timeout=self.call_timeout)
         now = time.monotonic()
         if lease is None:
             await self._create()
             return
-        spec = lease.spec or client.V1LeaseSpec()
-        record = (spec.holder_identity, str(spec.renew_time) if spec.renew_time else None)
+        spec = lease.get("spec") or {}
+        record = (spec.get("holderIdentity"), spec.get("renewTime"))
         if record != self._observed_record:
             self._observed_record = record
             self._observed_at = now
-        holder = spec.holder_identity
+        holder = spec.get("holderIdentity")
         if holder == self.identity:
             await self._renew(lease)
             return
         if self.is_leader:
             await self._step_down(f"lease taken by {holder}")
-        expired = not holder or now - self._observed_at > float(spec.lease_duration_seconds or self.lease_duration)
+        expired = not holder or now - self._observed_at > float(spec.get("leaseDurationSeconds") or self.lease_duration)
         if expired:
             await self._acquire(lease)
 
-    async def _call(self, method: Any, *args: Any) -> Any:
-        return await self.kube.call(method, *args, _request_timeout=self.call_timeout)
-
-    async def _read(self) -> client.V1Lease | None:
-        try:
-            lease: client.V1Lease = await self._call(self.api.read_namespaced_lease, self.name, self.namespace)
-            return lease
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def _spec(self, transitions: int, acquire: bool, previous: client.V1LeaseSpec | None) -> client.V1LeaseSpec:
-        stamp = datetime.now(UTC)
-        return client.V1LeaseSpec(
-            holder_identity=self.identity,
-            lease_duration_seconds=int(self.lease_duration),
-            acquire_time=stamp if acquire or previous is None else previous.acquire_time,
-            renew_time=stamp,
-            lease_transitions=transitions,
-        )
+    def _spec(self, transitions: int, acquire: bool, previous: dict[str, Any] | None) -> dict[str, Any]:
+        stamp = _micro_time()
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "acquireTime": stamp if acquire or previous is None else previous.get("acquireTime", stamp),
+            "renewTime": stamp,
+            "leaseTransitions": transitions,
+        }
 
     async def _create(self) -> None:
-        body = client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-            spec=self._spec(0, True, None),
-        )
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self._spec(0, True, None),
+        }
         try:
-            await self._call(self.api.create_namespaced_lease, self.namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:  # someone else created it first
-                return
-            raise
+            await self.api.create(paths.leases(self.namespace), body, timeout=self.call_timeout)
+        except kubeapi.Conflict:  # someone else created it first
+            return
         await self._start_leading()
 
-    async def _acquire(self, lease: client.V1Lease) -> None:
-        spec = lease.spec or client.V1LeaseSpec()
-        lease.spec = self._spec((spec.lease_transitions or 0) + 1, True, spec)
+    async def _acquire(self, lease: dict[str, Any]) -> None:
+        spec = lease.get("spec") or {}
+        lease["spec"] = self._spec(int(spec.get("leaseTransitions") or 0) + 1, True, spec)
         try:
-            # replace carries metadata.resourceVersion: it fails with 409 if anyone wrote since.
-            await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
-        except ApiException as exc:
-            if exc.status == 409:
-                return
-            raise
+            # PUT carries metadata.resourceVersion: it fails with Conflict if anyone wrote since.
+            await self.api.replace(self.path, lease, timeout=self.call_timeout)
+        except kubeapi.Conflict:
+            return
         await self._start_leading()
 
-    async def _renew(self, lease: client.V1Lease) -> None:
-        spec = lease.spec or client.V1LeaseSpec()
-        lease.spec = self._spec(spec.lease_transitions or 0, False, spec)
-        await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
+    async def _renew(self, lease: dict[str, Any]) -> None:
+        spec = lease.get("spec") or {}
+        lease["spec"] = self._spec(int(spec.get("leaseTransitions") or 0), False, spec)
+        await self.api.replace(self.path, lease, timeout=self.call_timeout)
         self._last_renewed = time.monotonic()
         if not self.is_leader:
             await self._start_leading()
@@ -166,11 +154,13 @@ class LeaderElector:
         """Hand the lease over at shutdown so the standby takes over at once."""
         self.is_leader = False
         try:
-            lease = await self._read()
-            if lease is not None and lease.spec is not None and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.lease_duration_seconds = 1
-                await self._call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
+            lease = await self.api.get(self.path, timeout=self.call_timeout)
+            spec = (lease or {}).get("spec") or {}
+            if lease is not None and spec.get("holderIdentity") == self.identity:
+                spec.pop("holderIdentity", None)
+                spec["leaseDurationSeconds"] = 1
+                lease["spec"] = spec
+                await self.api.replace(self.path, lease, timeout=self.call_timeout)
                 logger.info("leader election: released lease %s/%s", self.namespace, self.name)
-        except Exception as exc:
+        except kubeapi.ApiError as exc:
             logger.warning("leader election: could not release the lease: %s", exc)

@@ -94,7 +94,7 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writes.cancel()
         await self.index.close()
-        self.kube.close()
+        await self.kube.aclose()
 
     async def _started_leading(self) -> None:
         # A new leader knows nothing about the silence before it took over: everyone

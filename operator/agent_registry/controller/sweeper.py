@@ -14,8 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from kubernetes.client.exceptions import ApiException
-
+from agent_registry import kubeapi
 from agent_registry.controller import metrics
 from agent_registry.controller.conditions import build_conditions
 from agent_registry.controller.initialisation import decide_initialisation
@@ -174,11 +173,8 @@ class Sweeper:
         }
         try:
             agent.resource_version = await self.kube.patch_status(agent.namespace, agent.name, status)
-        except ApiException as exc:
-            if exc.status == 404:
-                self.tracker.forget(agent.namespace, agent.name)
-                return
-            logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc.status)
+        except kubeapi.NotFound:
+            self.tracker.forget(agent.namespace, agent.name)
             return
         except Exception as exc:
             logger.warning("could not mark %s/%s Unreachable (%s); retrying", agent.namespace, agent.name, exc)
