@@ -17,14 +17,19 @@ from agent_registry.localcluster.launcher import (
     SidecarProcess,
     UnknownSettingError,
     env_name,
-    facade_env,
-    operator_env,
-    sidecar_env,
 )
 from agent_registry.localcluster.process import ManagedProcess, ProcessExitedError, WaitTimeoutError, wait_for
 from agent_sidecar.config import SidecarSettings
 
 KUBECONFIG = Path("/nowhere/kubeconfig")
+LOGS = Path("/nowhere/logs")
+
+
+def own_variables(process: ManagedProcess) -> dict[str, str]:
+    """What the launcher set, without what the child inherits from this process."""
+    assert process.env is not None
+    own = ("AGENT_", "POD_", "KUBE")
+    return {k: v for k, v in process.env.items() if k.startswith(own)}
 
 
 def test_every_field_maps_to_the_variable_its_settings_class_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,40 +46,46 @@ def test_every_field_maps_to_the_variable_its_settings_class_reads(monkeypatch: 
 
 def test_a_misspelt_setting_fails_naming_it() -> None:
     with pytest.raises(UnknownSettingError, match="'sweep_seconds'"):
-        operator_env(kubeconfig=KUBECONFIG, redis_url="redis://r", sweep_seconds=1)
+        OperatorProcess(LOGS, kubeconfig=KUBECONFIG, redis_url="redis://r", sweep_seconds=1)
     with pytest.raises(UnknownSettingError, match="FacadeSettings"):
-        FacadeProcess(Path("/tmp"), kubeconfig=KUBECONFIG, redis_url="redis://r", namespace="n", auth_enable=False)
+        FacadeProcess(LOGS, kubeconfig=KUBECONFIG, redis_url="redis://r", namespace="n", auth_enable=False)
 
 
 def test_operator_environment() -> None:
-    env = operator_env(
+    operator = OperatorProcess(
+        LOGS,
         kubeconfig=KUBECONFIG,
         redis_url="redis://r",
         namespaces=["a", "b"],
         redis_key_prefix="p",
+        metrics_port=9999,
+        liveness_port=0,
         leader_election=False,
         sweep_interval_seconds=0.5,
     )
-    assert env == {
+    assert own_variables(operator) == {
         "KUBECONFIG": str(KUBECONFIG),
         "AGENT_REGISTRY_NAMESPACES": "a,b",
         "AGENT_REGISTRY_REDIS_URL": "redis://r",
         "AGENT_REGISTRY_REDIS_KEY_PREFIX": "p",
+        "AGENT_REGISTRY_METRICS_HOST": "127.0.0.1",
+        "AGENT_REGISTRY_METRICS_PORT": "9999",
         "AGENT_REGISTRY_LEADER_ELECTION": "false",
         "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS": "0.5",
     }
 
 
 def test_facade_environment_with_timings_and_the_default_authentication() -> None:
-    env = facade_env(
+    facade = FacadeProcess(
+        LOGS,
         kubeconfig=KUBECONFIG,
         redis_url="redis://r",
         namespace="team-a",
-        host="127.0.0.1",
-        port=8080,
         metrics_port=0,
         timings=HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=3),
     )
+    env = own_variables(facade)
+    assert facade.metrics_url == f"{facade.url}/metrics"
     assert "AGENT_REGISTRY_FACADE_AUTH_ENABLED" not in env
     assert "AGENT_REGISTRY_FACADE_GC_AFTER_SECONDS" not in env
     assert env["AGENT_REGISTRY_FACADE_HEARTBEAT_INTERVAL_SECONDS"] == "1"
@@ -86,7 +97,8 @@ def test_sidecar_environment(tmp_path: Path) -> None:
     account = InClusterAccount.mount(
         tmp_path / "sa", token="t", ca_file=Path(__file__), namespace="team-a", host="127.0.0.1", port=6443
     )
-    env = sidecar_env(
+    sidecar = SidecarProcess(
+        LOGS,
         agent_name="cost-1",
         agent_type="cost",
         port=8001,
@@ -96,8 +108,10 @@ def test_sidecar_environment(tmp_path: Path) -> None:
         capabilities=["a", "b"],
         metadata={"gpu": False},
         pod_name="pod-1",
+        base_env={},
     )
-    assert env == {
+    assert sidecar.env == {
+        "PYTHONUNBUFFERED": "1",
         "AGENT_SERVICE_ACCOUNT_DIR": str(tmp_path / "sa"),
         "KUBERNETES_SERVICE_HOST": "127.0.0.1",
         "KUBERNETES_SERVICE_PORT": "6443",
@@ -115,8 +129,8 @@ def test_nothing_of_the_callers_own_settings_leaks_in(monkeypatch: pytest.Monkey
     monkeypatch.setenv("AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS", "99")
     monkeypatch.setenv("AGENT_NAME", "someone-else")
     monkeypatch.setenv("KUBECONFIG", "/elsewhere")
-    operator = OperatorProcess(Path("/tmp"), kubeconfig=KUBECONFIG, redis_url="redis://r")
-    sidecar = SidecarProcess(Path("/tmp"), agent_name=None, agent_type="cost", port=1, namespace="n")
+    operator = OperatorProcess(LOGS, kubeconfig=KUBECONFIG, redis_url="redis://r")
+    sidecar = SidecarProcess(LOGS, agent_name=None, agent_type="cost", port=1, namespace="n")
     assert operator.env is not None and sidecar.env is not None
     assert "AGENT_REGISTRY_SWEEP_INTERVAL_SECONDS" not in operator.env
     assert operator.env["KUBECONFIG"] == str(KUBECONFIG)
@@ -124,11 +138,11 @@ def test_nothing_of_the_callers_own_settings_leaks_in(monkeypatch: pytest.Monkey
 
 
 def test_operator_ports_and_readiness() -> None:
-    quiet = OperatorProcess(Path("/tmp"), kubeconfig=KUBECONFIG, redis_url="redis://r", metrics_port=0, liveness_port=0)
+    quiet = OperatorProcess(LOGS, kubeconfig=KUBECONFIG, redis_url="redis://r", metrics_port=0, liveness_port=0)
     assert quiet.argv[-2:] == ["--liveness", ""]
     assert quiet.ready_urls() == []
     assert quiet.env is not None and quiet.env["AGENT_REGISTRY_METRICS_PORT"] == "0"
-    served = OperatorProcess(Path("/tmp"), kubeconfig=KUBECONFIG, redis_url="redis://r")
+    served = OperatorProcess(LOGS, kubeconfig=KUBECONFIG, redis_url="redis://r")
     assert served.ready_urls() == [served.metrics_url, served.liveness_url]
     assert served.argv[-2:] == ["--liveness", served.liveness_url]
 

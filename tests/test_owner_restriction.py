@@ -10,7 +10,6 @@ operator and admin roles.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import ssl
@@ -25,11 +24,12 @@ import pytest
 import yaml
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from agent_registry.localcluster.launcher import FacadeProcess, HeartbeatTimings, InClusterAccount, SidecarProcess
+from agent_registry.localcluster.launcher import FacadeProcess, InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
 from facade_harness import registration
 from fake_agent import FakeAgent
+from sidecar_harness import sidecar_for_test
 from test_facade_auth import WRITER_RULES, assert_error
 
 pytest_plugins = ["facade_fixtures"]
@@ -332,20 +332,13 @@ def start_sidecar(
             host=LOOPBACK,
             port=controlplane.apiserver_port,
         )
-        process = SidecarProcess(
+        process = sidecar_for_test(
             tmp_path,
+            fake_agent,
             name=f"sidecar-{identity.name}-{len(started)}",
             agent_name=agent_name,
-            agent_type="cost",
-            port=fake_agent.port,
             namespace=None,  # from the service account, as in a pod
             in_cluster=account,
-            timings=HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=5),
-            health_url=fake_agent.url,
-            probe_timeout_seconds=3,
-            shutdown_timeout_seconds=10,
-            base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
-            cwd=tmp_path,
         ).start()
         started.append(process)
         return process

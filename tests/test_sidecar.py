@@ -22,7 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from agent_registry.localcluster.launcher import HeartbeatTimings, InClusterAccount, SidecarProcess
+from agent_registry.localcluster.launcher import InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import AgentStatus, ReportedStatus
@@ -32,6 +32,7 @@ from agent_sidecar.payloads import build_adoption_patch, build_heartbeat
 from agent_sidecar.probe import probe
 from agent_sidecar.runner import Backoff, Sidecar
 from fake_agent import FakeAgent
+from sidecar_harness import sidecar_for_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROLE_FILE = REPO_ROOT / "manifests" / "rbac" / "sidecar-role.yaml"
@@ -133,26 +134,11 @@ def run_sidecar(
             "kubeconfig": controlplane.kubeconfig,
             "namespace": namespace,
             "agent_name": "cost-agent",
-            "agent_type": "cost",
-            "port": fake_agent.port,
             "capabilities": "spot_migration, rightsizing",
             "version": "2.1.0",
             "metadata": {"region": "eu-west-1", "gpu": False},
-            "timings": HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=5),
-            "health_url": fake_agent.url,
-            # Generous against a busy machine: healthy is under 0.5 s, the fake's slow mode 1.5 s.
-            "probe_timeout_seconds": 3,
-            "probe_slow_seconds": 0.5,
-            "shutdown_timeout_seconds": 10,
         }
-        process = SidecarProcess(
-            tmp_path,
-            name=f"sidecar-{len(started)}",
-            # Nothing else from this machine: no ~/.kube/config, no in-cluster variables to fall back on.
-            base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
-            cwd=tmp_path,
-            **(settings | overrides),
-        )
+        process = sidecar_for_test(tmp_path, fake_agent, name=f"sidecar-{len(started)}", **(settings | overrides))
         for variable, value in (raw_env or {}).items():
             if value is None:
                 process.env.pop(variable, None)

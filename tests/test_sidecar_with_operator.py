@@ -3,7 +3,6 @@ and a sidecar that dies leaves an agent that goes Unreachable and is cleaned up.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from agent_registry.localcluster.launcher import HeartbeatTimings, OperatorProce
 from agent_registry.localcluster.process import wait_for
 from fake_agent import FakeAgent
 from operator_harness import Agents, operator_for_test
+from sidecar_harness import sidecar_for_test
 
 
 @pytest.fixture
@@ -34,20 +34,15 @@ def operator(
 
 
 def start_sidecar(controlplane: LocalControlPlane, namespace: str, agent: FakeAgent, log_dir: Path) -> SidecarProcess:
-    return SidecarProcess(
+    return sidecar_for_test(
         log_dir,
+        agent,
         agent_name="perf-agent",
         agent_type="performance",
-        port=agent.port,
         namespace=namespace,
         kubeconfig=controlplane.kubeconfig,
         capabilities=["latency_analysis"],
         timings=HeartbeatTimings(interval_seconds=1, unreachable_after_seconds=4, gc_after_seconds=4),
-        health_url=agent.url,
-        probe_timeout_seconds=3,
-        probe_slow_seconds=0.5,
-        base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(log_dir)},
-        cwd=log_dir,
     ).start()
 
 

@@ -155,76 +155,6 @@ class InClusterAccount:
         }
 
 
-def operator_env(
-    *,
-    kubeconfig: Path,
-    redis_url: str,
-    namespaces: Sequence[str] = (),
-    redis_key_prefix: str | None = None,
-    **settings: object,
-) -> dict[str, str]:
-    """The operator's variables: its cluster, what it watches, its index, and any other settings by field name."""
-    values = {"namespaces": list(namespaces), "redis_url": redis_url, "redis_key_prefix": redis_key_prefix}
-    return _kube_env(kubeconfig) | settings_env(OperatorSettings, values | settings)
-
-
-def facade_env(
-    *,
-    kubeconfig: Path,
-    redis_url: str,
-    namespace: str,
-    host: str,
-    port: int,
-    metrics_port: int,
-    redis_key_prefix: str | None = None,
-    auth: bool | None = None,
-    timings: HeartbeatTimings | None = None,
-    **settings: object,
-) -> dict[str, str]:
-    """The facade's variables. ``auth`` None leaves the facade's default (on)."""
-    values: dict[str, object] = {
-        "host": host,
-        "port": port,
-        "metrics_port": metrics_port,
-        "namespace": namespace,
-        "auth_enabled": auth,
-        "redis_url": redis_url,
-        "redis_key_prefix": redis_key_prefix,
-    }
-    if timings is not None:
-        values |= timings.settings()
-    return _kube_env(kubeconfig) | settings_env(_facade_settings(), values | settings)
-
-
-def sidecar_env(
-    *,
-    agent_name: str | None,
-    agent_type: str | None,
-    port: int | None,
-    namespace: str | None,
-    kubeconfig: Path | None = None,
-    in_cluster: InClusterAccount | None = None,
-    host: str | None = LOOPBACK,
-    timings: HeartbeatTimings | None = None,
-    **settings: object,
-) -> dict[str, str]:
-    """The sidecar's variables; ``namespace`` is the Downward API's ``POD_NAMESPACE``.
-
-    None leaves a variable unset, as a test of the sidecar's own defaults and errors wants.
-    """
-    values: dict[str, object] = {
-        "name": agent_name,
-        "type": agent_type,
-        "port": port,
-        "host": host,
-        "pod_namespace": namespace,
-    }
-    if timings is not None:
-        values |= timings.settings()
-    account = in_cluster.env() if in_cluster is not None else {}
-    return _kube_env(kubeconfig) | account | settings_env(SidecarSettings, values | settings)
-
-
 def metric_value(text: str, name: str) -> float | None:
     """The first sample of ``name`` in Prometheus text, whatever its labels."""
     for line in text.splitlines():
@@ -309,17 +239,14 @@ class OperatorProcess(RegistryProcess):
     ) -> None:
         self.metrics_port = free_port() if metrics_port is None else metrics_port
         self.liveness_port = free_port() if liveness_port is None else liveness_port
-        if self.metrics_port:
-            settings = {"metrics_host": LOOPBACK, "metrics_port": self.metrics_port} | settings
-        else:
-            settings = {"metrics_port": 0} | settings
-        env = operator_env(
-            kubeconfig=kubeconfig,
-            redis_url=redis_url,
-            namespaces=namespaces,
-            redis_key_prefix=redis_key_prefix,
-            **settings,
-        )
+        values: dict[str, object] = {
+            "namespaces": list(namespaces),
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_key_prefix,
+            "metrics_host": LOOPBACK if self.metrics_port else None,
+            "metrics_port": self.metrics_port,
+        }
+        env = _kube_env(kubeconfig) | settings_env(OperatorSettings, values | settings)
         # The liveness endpoint is a command-line option of the operator, not a setting.
         liveness = self.liveness_url if self.liveness_port else ""
         super().__init__(
@@ -355,7 +282,8 @@ class FacadeProcess(RegistryProcess):
     """``python -m agent_registry.facade`` on loopback; ready when ``/health`` answers.
 
     ``port`` None takes a free port; ``metrics_port`` None a free one too, 0 serves the
-    metrics on the API port behind authorisation.
+    metrics on the API port behind authorisation. ``auth`` None leaves the facade's
+    default (on).
     """
 
     module = FACADE_MODULE
@@ -382,18 +310,17 @@ class FacadeProcess(RegistryProcess):
         self.port = port or free_port()
         self.metrics_port = free_port() if metrics_port is None else metrics_port
         self.namespace = namespace
-        env = facade_env(
-            kubeconfig=kubeconfig,
-            redis_url=redis_url,
-            namespace=namespace,
-            host=host,
-            port=self.port,
-            metrics_port=self.metrics_port,
-            redis_key_prefix=redis_key_prefix,
-            auth=auth,
-            timings=timings,
-            **settings,
-        )
+        values: dict[str, object] = {
+            "host": host,
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "namespace": namespace,
+            "auth_enabled": auth,
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_key_prefix,
+        }
+        values |= timings.settings() if timings is not None else {}
+        env = _kube_env(kubeconfig) | settings_env(_facade_settings(), values | settings)
         super().__init__(name, log_dir, env, base_env=base_env, stop_grace_seconds=stop_grace_seconds)
 
     @property
@@ -418,7 +345,11 @@ class FacadeProcess(RegistryProcess):
 
 
 class SidecarProcess(RegistryProcess):
-    """``python -m agent_sidecar`` beside an agent; it serves nothing, so started is ready."""
+    """``python -m agent_sidecar`` beside an agent; it serves nothing, so started is ready.
+
+    ``namespace`` is the Downward API's ``POD_NAMESPACE``. None leaves a variable unset, as
+    a test of the sidecar's own defaults and errors wants.
+    """
 
     module = SIDECAR_MODULE
 
@@ -440,17 +371,16 @@ class SidecarProcess(RegistryProcess):
         cwd: Path | None = None,
         **settings: object,
     ) -> None:
-        env = sidecar_env(
-            agent_name=agent_name,
-            agent_type=agent_type,
-            port=port,
-            namespace=namespace,
-            kubeconfig=kubeconfig,
-            in_cluster=in_cluster,
-            host=host,
-            timings=timings,
-            **settings,
-        )
+        values: dict[str, object] = {
+            "name": agent_name,
+            "type": agent_type,
+            "port": port,
+            "host": host,
+            "pod_namespace": namespace,
+        }
+        values |= timings.settings() if timings is not None else {}
+        account = in_cluster.env() if in_cluster is not None else {}
+        env = _kube_env(kubeconfig) | account | settings_env(SidecarSettings, values | settings)
         super().__init__(name, log_dir, env, base_env=base_env, stop_grace_seconds=stop_grace_seconds, cwd=cwd)
 
     def entries(self) -> list[dict[str, Any]]:
