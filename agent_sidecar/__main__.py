@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         api = AgentApi(config.kube_source, config.namespace)
-    except Exception as error:  # pykube raises anything from KeyError to YAMLError on a bad file
+    except Exception as error:  # a bad kubeconfig raises anything from KeyError to YAMLError
         _fail_config([f"cannot use the {config.kube_source}: {type(error).__name__}: {error}"])
         return EXIT_CONFIG
     _log_start(config, api.server)

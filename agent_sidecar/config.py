@@ -55,6 +55,7 @@ from pydantic import AnyHttpUrl, Field, StringConstraints, ValidationError, fiel
 from pydantic.alias_generators import to_snake
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent_registry import kubeapi
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import (
     DNS_LABEL_PATTERN,
@@ -169,17 +170,8 @@ class SidecarSettings(BaseSettings):
         return value
 
 
-@dataclasses.dataclass(frozen=True)
-class KubeSource:
-    """Where the Kubernetes credentials come from: a service account directory, or a kubeconfig file."""
-
-    service_account_dir: Path | None = None
-    kubeconfig: Path | None = None
-
-    def __str__(self) -> str:
-        if self.service_account_dir is not None:
-            return f"service account {self.service_account_dir}"
-        return f"kubeconfig {self.kubeconfig}"
+KubeSource = kubeapi.Source
+"""Where the Kubernetes credentials come from: a service account directory, or a kubeconfig file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,24 +275,16 @@ def _service_account_dir() -> Path:
 
 
 def _find_kube_source(problems: list[str]) -> KubeSource | None:
-    directory = _service_account_dir()
-    if (directory / "token").is_file() and _env("KUBERNETES_SERVICE_HOST"):
-        if not _env("KUBERNETES_SERVICE_PORT"):
-            problems.append("KUBERNETES_SERVICE_PORT: required with KUBERNETES_SERVICE_HOST (the kubelet sets both)")
-            return None
-        return KubeSource(service_account_dir=directory)
+    """By the precedence every process of the registry uses (``kubeapi.credentials``)."""
     named = _env("KUBECONFIG")
     if os.pathsep in named:
         problems.append(f"KUBECONFIG={named!r}: must name a single file (lists of files are not supported)")
         return None
-    path = Path(named or "~/.kube/config").expanduser()
-    if path.is_file():
-        return KubeSource(kubeconfig=path)
-    if named:
-        problems.append(f"KUBECONFIG={named!r}: no such file (and no service account token in {directory})")
-    else:
-        problems.append(f"KUBECONFIG: required: no service account token in {directory} and no {path}")
-    return None
+    try:
+        return kubeapi.resolve(None, os.environ, _service_account_dir())
+    except kubeapi.ConfigError as error:
+        problems.append(f"KUBECONFIG: {error}")
+        return None
 
 
 def _find_namespace(kube_source: KubeSource | None, problems: list[str]) -> str | None:

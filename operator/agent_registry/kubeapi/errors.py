@@ -39,7 +39,7 @@ class ApiError(Exception):
     @property
     def transient(self) -> bool:
         """Worth retrying unchanged: no answer, too many requests, or a server-side error."""
-        return isinstance(self, Unavailable)
+        return self.status is None or self.status == 429 or self.status >= 500
 
     def describe(self) -> str:
         """The causes, field by field, when the API server named them; else its message."""
