@@ -21,9 +21,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kubernetes import client, config
-
 from agent_registry.index import IndexReader, IndexUnavailable, connect
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.redis_server import LocalRedis
@@ -42,8 +42,7 @@ def rss_and_cpu(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def create_agents(kubeconfig: Path, namespace: str, count: int) -> float:
-    api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
+def create_agents(api: SyncApi, namespace: str, count: int) -> float:
 
     def create(i: int) -> None:
         body = {
@@ -59,7 +58,7 @@ def create_agents(kubeconfig: Path, namespace: str, count: int) -> float:
                 "heartbeat": {"intervalSeconds": 30, "unreachableAfterSeconds": 3600, "gcAfterSeconds": 86400},
             },
         }
-        api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, body)
+        api.create(paths.agents(namespace), body)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -110,10 +109,11 @@ def main() -> int:
     namespace = "bench"
     prefix = "bench"
     with LocalControlPlane() as cp, LocalRedis() as redis_server, tempfile.TemporaryDirectory() as tmp:
+        api = cp.admin_api()
         cp.apply_crds(REPO / "crds")
         cp.create_namespace(namespace)
         print(f"creating {args.agents} agents", file=sys.stderr, flush=True)
-        create_seconds = create_agents(cp.kubeconfig, namespace, args.agents)
+        create_seconds = create_agents(api, namespace, args.agents)
         # No endpoints and no election: nothing but the work being measured.
         operator = OperatorProcess(
             Path(tmp),
@@ -125,13 +125,9 @@ def main() -> int:
             liveness_port=0,
             leader_election=False,
         )
-        custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cp.kubeconfig)))
 
         def initialised() -> int:
-            listed = custom.list_namespaced_custom_object(
-                c.GROUP, c.VERSION, namespace, c.PLURAL, label_selector=c.AGENT_ID_LABEL
-            )
-            return len(listed["items"])
+            return len(api.list(paths.agents(namespace), label_selector=c.AGENT_ID_LABEL))
 
         # First run: the operator initialises every new Agent (id, label, status, Event).
         print("first start: initialising the agents", file=sys.stderr, flush=True)

@@ -21,10 +21,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from agent_registry.localcluster.apiclient import ApiClient, ApiError
+from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
-from agent_registry.localcluster.process import LOOPBACK, ManagedProcess
+from agent_registry.localcluster.process import ManagedProcess
 from agent_registry.localcluster.redis_server import LocalRedis
 from bench.procs import Sampler
 
@@ -157,8 +159,8 @@ class Stack:
         """Trusts the API server; authentication is the bearer token."""
         return ssl.create_default_context(cafile=str(self.controlplane.ca_file))
 
-    def admin(self) -> ApiClient:
-        return self.controlplane.admin_client()
+    def admin(self) -> SyncApi:
+        return self.controlplane.admin_api()
 
     def _client_token(self) -> str:
         """A ServiceAccount token with what a sidecar, an orchestrator and a kubelet need here."""
@@ -189,23 +191,24 @@ class Stack:
         }
         account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": CLIENT_ACCOUNT, "namespace": ns}}
         with self.admin() as api:
-            api.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", account)
-            api.call("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", role)
-            api.call("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", binding)
+            api.create(f"/api/v1/namespaces/{ns}/serviceaccounts", account)
+            api.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", role)
+            api.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", binding)
             request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
-            issued = api.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{CLIENT_ACCOUNT}/token", request)
+            issued = api.create(f"/api/v1/namespaces/{ns}/serviceaccounts/{CLIENT_ACCOUNT}/token", request)
         token = str(issued["status"]["token"])
         # RBAC reaches the authorizer through an informer: wait until the binding counts.
-        context = self.api_ssl_context()
+        connection = kubeapi.Connection.direct(self.api_url, self.api_ssl_context(), token=token)
         deadline = time.monotonic() + 30
-        while True:
-            with ApiClient(LOOPBACK, self.controlplane.apiserver_port, context, token=token) as as_client:
-                status, _ = as_client.request("GET", f"/apis/registry.optiinfra.io/v1/namespaces/{ns}/agents?limit=1")
-            if status == 200:
-                return token
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the bench ServiceAccount still gets HTTP {status} after 30 s")
-            time.sleep(0.2)
+        with SyncApi(connection) as as_client:
+            while True:
+                try:
+                    as_client.request("GET", paths.agents(ns), params={"limit": "1"})
+                    return token
+                except kubeapi.Forbidden as refused:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the bench ServiceAccount is still refused after 30 s: {refused}") from None
+                time.sleep(0.2)
 
     # --- the operator -----------------------------------------------------------------------
 
@@ -312,4 +315,4 @@ def log_tail(process: ManagedProcess | None, lines: int = 30) -> str:
     return process.log_tail(lines) if process is not None else ""
 
 
-__all__ = ["ApiError", "Stack", "http_get", "log_tail", "metric_sum", "parse_metrics", "progress"]
+__all__ = ["Stack", "http_get", "log_tail", "metric_sum", "parse_metrics", "progress"]

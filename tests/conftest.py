@@ -16,8 +16,11 @@ from types import FrameType
 import pytest
 import redis
 
+from agent_registry import kubeapi
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.redis_server import LocalRedis
+from operator_harness import Agents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -59,6 +62,13 @@ def kubeconfig(controlplane: LocalControlPlane) -> Path:
     return controlplane.kubeconfig
 
 
+@pytest.fixture(scope="session")
+def api(controlplane: LocalControlPlane) -> Iterator[SyncApi]:
+    """The cluster admin's client, through the kubeconfig every process of the tests gets."""
+    with SyncApi(kubeapi.load(controlplane.kubeconfig)) as admin:
+        yield admin
+
+
 def _namespace_name(test_name: str) -> str:
     # Readable in `kubectl get ns` while debugging, unique, and a valid DNS label (<= 63).
     slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
@@ -72,6 +82,12 @@ def namespace(controlplane: LocalControlPlane, request: pytest.FixtureRequest) -
     # A fault test that failed half-way may have left etcd or the API server down.
     controlplane.ensure_running()
     controlplane.delete_namespace(name)
+
+
+@pytest.fixture
+def agents(api: SyncApi, namespace: str) -> Agents:
+    """The Agent objects of the test's namespace, straight from the API server."""
+    return Agents(api, namespace)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
-"""Fixtures for the facade's tests: the operator, one or more facades, and the namespace's Agents.
+"""Fixtures for the facade's tests: the operator and one or more facades.
 
 Loaded by test modules with ``pytest_plugins = ["facade_fixtures"]`` (conftest.py holds the
-shared servers).
+shared servers, the admin ``api`` and the namespace's ``agents``).
 """
 
 from __future__ import annotations
@@ -12,25 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from kubernetes import client, config
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from facade_harness import facade_for_test
-from operator_harness import Agents, operator_for_test
-
-
-@pytest.fixture
-def api_client(controlplane: LocalControlPlane) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def agents(api_client: client.ApiClient, namespace: str) -> Agents:
-    """The Agent objects of the test's namespace, straight from the API server."""
-    return Agents(api_client, namespace)
+from operator_harness import operator_for_test
 
 
 @pytest.fixture

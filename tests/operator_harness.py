@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.schema import constants as c
 
@@ -46,42 +45,33 @@ def operator_for_test(
 
 
 class Agents:
-    """Agent objects in one namespace through the real API server."""
+    """Agent objects in one namespace through the real API server, as plain dicts."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.api = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
+    def __init__(self, api: SyncApi, namespace: str) -> None:
+        self.api = api
         self.namespace = namespace
         self.sequence: dict[str, int] = {}
 
-    def create(self, name: str, **spec: Any) -> dict[str, Any]:
+    def path(self, name: str | None = None, subresource: str | None = None) -> str:
+        return paths.agents(self.namespace, name, subresource)
+
+    def create(self, name: str, *, owner_references: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": name}
+        if owner_references:
+            metadata["ownerReferences"] = owner_references
         body = {
             "apiVersion": c.API_VERSION,
             "kind": c.KIND,
-            "metadata": {"name": name},
+            "metadata": metadata,
             "spec": {"type": "cost", "host": "10.0.0.1", "port": 8000, **spec},
         }
-        result: dict[str, Any] = self.api.create_namespaced_custom_object(
-            c.GROUP, c.VERSION, self.namespace, c.PLURAL, body
-        )
-        return result
+        return self.api.create(self.path(), body)
 
     def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = self.api.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, self.namespace, c.PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
+        return self.api.get(self.path(name))
 
     def list(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.api.list_namespaced_custom_object(
-            c.GROUP, c.VERSION, self.namespace, c.PLURAL
-        )["items"]
-        return items
+        return self.api.list(self.path())
 
     def phase(self, name: str) -> str | None:
         obj = self.get(name)
@@ -104,19 +94,18 @@ class Agents:
                 "heartbeatSource": "test",
             }
         }
-        self.api.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, self.namespace, c.PLURAL, name, body, _request_timeout=timeout
-        )
+        self.api.merge_patch(self.path(name, "status"), body, timeout=timeout)
 
     def delete(self, name: str) -> None:
-        self.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name)
+        self.api.delete(self.path(name))
 
-    def events(self, name: str | None = None) -> list[client.CoreV1Event]:
-        events: list[client.CoreV1Event] = self.core.list_namespaced_event(self.namespace).items
-        return [e for e in events if name is None or e.involved_object.name == name]
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The namespace's core Events, those about ``name`` only when given."""
+        events = self.api.list(paths.events(self.namespace))
+        return [e for e in events if name is None or e.get("involvedObject", {}).get("name") == name]
 
     def reasons(self, name: str | None = None) -> list[str]:
-        return [str(e.reason) for e in self.events(name)]
+        return [str(e.get("reason")) for e in self.events(name)]
 
 
 class HeartbeatPump:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from agent_cases import BAD_SPECS, GOOD_SPECS, VALID_SPEC, BadSpec, names_field
+from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import AgentSpec, error_paths
 from agent_registry.schema.crd import CRD_FILENAME, render_crd
@@ -26,26 +26,18 @@ def test_crd_file_matches_the_models() -> None:
     assert on_disk == render_crd(), "crds/ drifted from the pydantic models: run `make crds`"
 
 
-@pytest.fixture(scope="module")
-def api(controlplane: Any) -> Iterator[client.CustomObjectsApi]:
-    api_client = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield client.CustomObjectsApi(api_client)
-    api_client.close()
-
-
 def agent(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name}, "spec": spec}
 
 
-def create(api: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, body)
-    return result
+def create(api: SyncApi, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return api.create(paths.agents(namespace), body)
 
 
-def rejection(excinfo: pytest.ExceptionInfo[ApiException]) -> str:
-    assert excinfo.value.status == 422, excinfo.value.body
-    message: str = json.loads(excinfo.value.body)["message"]
-    return message
+def rejection(excinfo: pytest.ExceptionInfo[kubeapi.Invalid]) -> str:
+    """The API server's message for a 422, which names every field it refused."""
+    assert excinfo.value.status == 422, excinfo.value
+    return excinfo.value.message
 
 
 def test_crd_is_established_and_structural(controlplane: Any) -> None:
@@ -55,7 +47,7 @@ def test_crd_is_established_and_structural(controlplane: Any) -> None:
     assert conditions.get("NonStructuralSchema") is None
 
 
-def test_valid_agent_is_accepted_with_defaults(api: client.CustomObjectsApi, namespace: str) -> None:
+def test_valid_agent_is_accepted_with_defaults(api: SyncApi, namespace: str) -> None:
     created = create(api, namespace, agent("minimal", GOOD_SPECS["minimal"]))
     spec = created["spec"]
     assert spec["capabilities"] == []
@@ -67,16 +59,14 @@ def test_valid_agent_is_accepted_with_defaults(api: client.CustomObjectsApi, nam
 
 
 @pytest.mark.parametrize("name", list(GOOD_SPECS))
-def test_good_specs_accepted_by_model_and_server(api: client.CustomObjectsApi, namespace: str, name: str) -> None:
+def test_good_specs_accepted_by_model_and_server(api: SyncApi, namespace: str, name: str) -> None:
     AgentSpec.model_validate(GOOD_SPECS[name])
     created = create(api, namespace, agent(name.replace(" ", "-"), GOOD_SPECS[name]))
     assert created["spec"]["type"] == GOOD_SPECS[name]["type"]
 
 
 @pytest.mark.parametrize("case", BAD_SPECS, ids=lambda case: case.name)
-def test_bad_spec_rejected_by_model_and_server_naming_the_field(
-    api: client.CustomObjectsApi, namespace: str, case: BadSpec
-) -> None:
+def test_bad_spec_rejected_by_model_and_server_naming_the_field(api: SyncApi, namespace: str, case: BadSpec) -> None:
     with pytest.raises(ValidationError) as model_error:
         AgentSpec.model_validate(case.spec)
     model_paths = error_paths(model_error.value)
@@ -85,55 +75,47 @@ def test_bad_spec_rejected_by_model_and_server_naming_the_field(
     if not case.server_rejects:
         create(api, namespace, agent("model-only", case.spec))
         return
-    with pytest.raises(ApiException) as server_error:
+    with pytest.raises(kubeapi.Invalid) as server_error:
         create(api, namespace, agent("bad", case.spec))
     message = rejection(server_error)
     assert names_field(message, case.field), message
     # Nothing was stored.
-    listed = api.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL)
-    assert listed["items"] == []
+    assert api.list(paths.agents(namespace)) == []
 
 
-def test_changing_type_is_rejected(api: client.CustomObjectsApi, namespace: str) -> None:
+def test_changing_type_is_rejected(api: SyncApi, namespace: str) -> None:
     create(api, namespace, agent("fixed-type", VALID_SPEC))
-    with pytest.raises(ApiException) as excinfo:
-        api.patch_namespaced_custom_object(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, "fixed-type", {"spec": {"type": "performance"}}
-        )
+    with pytest.raises(kubeapi.Invalid) as excinfo:
+        api.merge_patch(paths.agents(namespace, "fixed-type"), {"spec": {"type": "performance"}})
     message = rejection(excinfo)
     assert "spec.type" in message and "type is immutable" in message
     # Other spec fields stay mutable.
-    patched = api.patch_namespaced_custom_object(
-        c.GROUP, c.VERSION, namespace, c.PLURAL, "fixed-type", {"spec": {"port": 9100}}
-    )
+    patched = api.merge_patch(paths.agents(namespace, "fixed-type"), {"spec": {"port": 9100}})
     assert patched["spec"]["port"] == 9100 and patched["spec"]["type"] == "cost"
 
 
-def test_status_subresource_isolates_spec_and_status(api: client.CustomObjectsApi, namespace: str) -> None:
+def test_status_subresource_isolates_spec_and_status(api: SyncApi, namespace: str) -> None:
     create(api, namespace, agent("isolated", VALID_SPEC))
     status = {"status": {"phase": "Healthy", "reportedStatus": "healthy", "heartbeatSequence": 1}}
     # A status write through the main resource is ignored...
-    api.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated", status)
-    obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated")
+    isolated = paths.agents(namespace, "isolated")
+    api.merge_patch(isolated, status)
+    obj = api.get(isolated) or {}
     assert "status" not in obj
     # ...a status patch sets status and leaves spec alone, even if it carries a spec...
-    api.patch_namespaced_custom_object_status(
-        c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated", {**status, "spec": {"port": 1}}
-    )
-    obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated")
+    api.merge_patch(paths.agents(namespace, "isolated", "status"), {**status, "spec": {"port": 1}})
+    obj = api.get(isolated) or {}
     assert obj["status"]["phase"] == "Healthy" and obj["spec"]["port"] == VALID_SPEC["port"]
     # ...and a spec update leaves status alone.
-    api.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated", {"spec": {"port": 2}})
-    obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "isolated")
+    api.merge_patch(isolated, {"spec": {"port": 2}})
+    obj = api.get(isolated) or {}
     assert obj["spec"]["port"] == 2 and obj["status"]["heartbeatSequence"] == 1
 
 
-def test_bad_status_is_rejected_naming_the_field(api: client.CustomObjectsApi, namespace: str) -> None:
+def test_bad_status_is_rejected_naming_the_field(api: SyncApi, namespace: str) -> None:
     create(api, namespace, agent("bad-status", VALID_SPEC))
-    with pytest.raises(ApiException) as excinfo:
-        api.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, "bad-status", {"status": {"reportedStatus": "sleepy"}}
-        )
+    with pytest.raises(kubeapi.Invalid) as excinfo:
+        api.merge_patch(paths.agents(namespace, "bad-status", "status"), {"status": {"reportedStatus": "sleepy"}})
     assert "status.reportedStatus" in rejection(excinfo)
 
 

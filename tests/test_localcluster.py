@@ -11,12 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from agent_registry.localcluster.apiclient import ApiClient
+from agent_registry import kubeapi
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.build import ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, ensure_built
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.redis_server import LocalRedis
@@ -43,11 +43,16 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
-def _get_as(cp: LocalControlPlane, path: str, token: str) -> tuple[int, Any]:
-    """A request authenticated only by a bearer token (kubectl would add the admin certificate)."""
+def _get_as(cp: LocalControlPlane, path: str, token: str) -> kubeapi.StatusError | None:
+    """A GET authenticated only by a bearer token (kubectl would add the admin certificate):
+    the API server's refusal, or None when it answered."""
     trust_only = ssl.create_default_context(cafile=str(cp.ca_file))
-    with ApiClient("127.0.0.1", cp.apiserver_port, trust_only, token=token) as client:
-        return client.request("GET", path)
+    with SyncApi(kubeapi.Connection.direct(cp.server, trust_only, token=token)) as api:
+        try:
+            api.request("GET", path)
+        except kubeapi.StatusError as refused:
+            return refused
+    return None
 
 
 # -- the binaries --------------------------------------------------------------------------
@@ -109,11 +114,11 @@ def test_service_account_token_is_authenticated_but_forbidden_without_bindings(
 
     agents_path = f"/apis/{AGENT_GROUP_VERSION}/namespaces/{namespace}/agents"
     for path in (f"/api/v1/namespaces/{namespace}/pods", agents_path):
-        status, body = _get_as(controlplane, path, token)
-        assert (status, body["reason"]) == (403, "Forbidden"), body
-        assert user in str(body["message"])
-    status, body = _get_as(controlplane, f"/api/v1/namespaces/{namespace}/pods", "not-a-real-token")
-    assert status == 401, body
+        refused = _get_as(controlplane, path, token)
+        assert refused is not None and (refused.status, refused.reason) == (403, "Forbidden"), refused
+        assert user in refused.message
+    refused = _get_as(controlplane, f"/api/v1/namespaces/{namespace}/pods", "not-a-real-token")
+    assert refused is not None and refused.status == 401, refused
 
     can_i = controlplane.kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--as={user}", check=False)
     assert (can_i.returncode, can_i.stdout.strip()) == (1, "no")
@@ -128,12 +133,12 @@ def test_rbac_binding_grants_access_to_the_same_token(controlplane: LocalControl
     token = controlplane.kubectl("create", "token", "reader", "-n", namespace).stdout.strip()
     # The RBAC authorizer reads bindings from an informer cache, which lags writes slightly.
     deadline = time.monotonic() + 10
-    while (status := _get_as(controlplane, f"/api/v1/namespaces/{namespace}/pods", token)[0]) == 403:
+    while (refused := _get_as(controlplane, f"/api/v1/namespaces/{namespace}/pods", token)) is not None:
+        assert refused.status == 403, refused
         assert time.monotonic() < deadline, "role binding never took effect"
         time.sleep(0.1)
-    assert status == 200
-    other_namespace_status = _get_as(controlplane, "/api/v1/namespaces/default/pods", token)[0]
-    assert other_namespace_status == 403
+    other_namespace = _get_as(controlplane, "/api/v1/namespaces/default/pods", token)
+    assert other_namespace is not None and other_namespace.status == 403
 
 
 # -- namespaces ----------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
 
+from agent_registry import kubeapi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.process import wait_for
@@ -26,18 +26,6 @@ FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAft
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 600}}
 REPO = Path(__file__).resolve().parent.parent
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@pytest.fixture(scope="module")
-def api_client(controlplane: LocalControlPlane) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def agents(api_client: client.ApiClient, namespace: str) -> Agents:
-    return Agents(api_client, namespace)
 
 
 @pytest.fixture
@@ -192,15 +180,11 @@ def test_malformed_status_does_not_stop_others(operator: OperatorProcess, agents
     agents.create("odd", **KEEP)
     wait_for("both Healthy", lambda: agents.phase("good") == "Healthy" and agents.phase("odd") == "Healthy")
     # A writer sending a status the API server rejects: it names the field, nothing changes.
-    with pytest.raises(client.exceptions.ApiException) as excinfo:
-        agents.api.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, agents.namespace, c.PLURAL, "odd", {"status": {"phase": "Zombie"}}
-        )
-    assert "status.phase" in json.loads(excinfo.value.body)["message"]
+    with pytest.raises(kubeapi.Invalid) as excinfo:
+        agents.api.merge_patch(agents.path("odd", "status"), {"status": {"phase": "Zombie"}})
+    assert "status.phase" in excinfo.value.message
     # A writer that sets a phase by hand without heartbeats: the operator keeps its own judgement.
-    agents.api.patch_namespaced_custom_object_status(
-        c.GROUP, c.VERSION, agents.namespace, c.PLURAL, "odd", {"status": {"reportedStatus": "degraded"}}
-    )
+    agents.api.merge_patch(agents.path("odd", "status"), {"status": {"reportedStatus": "degraded"}})
     wait_for("odd Degraded", lambda: agents.phase("odd") == "Degraded")
     with HeartbeatPump(agents, ["good"]):
         time.sleep(4)
@@ -270,14 +254,10 @@ def test_malformed_agent_gets_an_event_and_others_carry_on(
 
 def _try_create(agents: Agents, name: str, spec: dict[str, Any]) -> bool:
     try:
-        agents.api.create_namespaced_custom_object(
-            c.GROUP,
-            c.VERSION,
-            agents.namespace,
-            c.PLURAL,
-            {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name}, "spec": spec},
+        agents.api.create(
+            agents.path(), {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name}, "spec": spec}
         )
-    except client.exceptions.ApiException:
+    except kubeapi.StatusError:
         return False
     return True
 

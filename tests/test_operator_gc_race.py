@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import kopf
 import pytest
-from kubernetes import config
 
 from agent_registry.controller.handlers import operator_memo
 from agent_registry.controller.settings import OperatorSettings
@@ -24,13 +23,6 @@ from agent_registry.localcluster.process import wait_for
 from operator_harness import Agents
 
 FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 2, "gcAfterSeconds": 2}}
-
-
-@pytest.fixture
-def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
-    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield Agents(api, namespace)
-    api.close()
 
 
 @contextlib.contextmanager

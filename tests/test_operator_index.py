@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import redis
-from kubernetes import config
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
@@ -21,13 +20,6 @@ from agent_registry.schema.rest import rest_status
 from operator_harness import Agents, operator_for_test
 
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 30, "gcAfterSeconds": 600}}
-
-
-@pytest.fixture
-def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
-    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield Agents(api, namespace)
-    api.close()
 
 
 @pytest.fixture
@@ -76,9 +68,7 @@ def test_index_follows_creates_updates_and_deletes(operator: OperatorProcess, ag
     agents.create("a-1", capabilities=["gpu"], **KEEP)
     agents.create("a-2", type="performance", capabilities=["gpu", "spot"], **KEEP)
     wait_for("index equals the CRs", lambda: index_matches(redis_url, agents))
-    agents.api.patch_namespaced_custom_object(
-        "registry.optiinfra.io", "v1", agents.namespace, "agents", "a-1", {"spec": {"capabilities": ["cpu"]}}
-    )
+    agents.api.merge_patch(agents.path("a-1"), {"spec": {"capabilities": ["cpu"]}})
     agents.heartbeat("a-2", status="degraded")
     agents.delete("a-1")
     wait_for("index follows changes", lambda: index_matches(redis_url, agents))

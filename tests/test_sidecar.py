@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
@@ -32,6 +31,7 @@ from agent_sidecar.payloads import build_adoption_patch, build_heartbeat
 from agent_sidecar.probe import probe
 from agent_sidecar.runner import Backoff, Sidecar
 from fake_agent import FakeAgent
+from operator_harness import Agents
 from sidecar_harness import sidecar_for_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,56 +41,18 @@ DEADLINE = 30.0
 T = TypeVar("T")
 
 
-class Agents:
-    """Agent objects in one namespace, read and written as the cluster admin."""
-
-    def __init__(self, api: client.CustomObjectsApi, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            agent = cast(
-                dict[str, Any],
-                self.api.get_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name),
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return agent
+class SidecarAgents(Agents):
+    """The namespace's Agents, with the waits on what a sidecar writes."""
 
     def names(self) -> list[str]:
-        listed = cast(
-            dict[str, Any], self.api.list_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL)
-        )
-        return [item["metadata"]["name"] for item in listed["items"]]
-
-    def create(self, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
-        body = {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name, **metadata}, "spec": spec}
-        created = self.api.create_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, body)
-        return cast(dict[str, Any], created)
+        return [item["metadata"]["name"] for item in self.list()]
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
-        self.api.patch_namespaced_custom_object_status(
-            c.GROUP,
-            c.VERSION,
-            self.namespace,
-            c.PLURAL,
-            name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
-        )
-
-    def delete(self, name: str) -> None:
-        self.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.PLURAL, name)
+        self.api.merge_patch(self.path(name, "status"), {"status": status})
 
     def status(self, name: str) -> dict[str, Any]:
         agent = self.get(name)
         return (agent or {}).get("status") or {}
-
-    def sequence(self, name: str) -> int:
-        return int(self.status(name).get("heartbeatSequence") or 0)
 
     def wait_heartbeats_beyond(self, name: str, sequence: int, timeout: float = DEADLINE) -> dict[str, Any]:
         """Wait for a heartbeat numbered above ``sequence``; the status that has it."""
@@ -106,10 +68,8 @@ class Agents:
 
 
 @pytest.fixture
-def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
-    api_client = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    with api_client:
-        yield Agents(client.CustomObjectsApi(api_client), namespace)
+def agents(api: SyncApi, namespace: str) -> SidecarAgents:
+    return SidecarAgents(api, namespace)
 
 
 @pytest.fixture
@@ -170,7 +130,7 @@ def create_pod(controlplane: LocalControlPlane, namespace: str, name: str) -> st
 
 
 def test_registers_with_owner_reference_and_heartbeats(
-    run_sidecar: RunSidecar, agents: Agents, controlplane: LocalControlPlane, namespace: str
+    run_sidecar: RunSidecar, agents: SidecarAgents, controlplane: LocalControlPlane, namespace: str
 ) -> None:
     pod_uid = create_pod(controlplane, namespace, "cost-agent-pod")
     sidecar = run_sidecar(pod_name="cost-agent-pod", pod_ip="10.1.2.3", host=None, node_name="node-a")
@@ -203,7 +163,7 @@ def test_registers_with_owner_reference_and_heartbeats(
     assert sidecar.messages() == ["starting", "registered: created the agent", "agent health changed"]
 
 
-def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agents: Agents) -> None:
+def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
     sidecar = run_sidecar(pod_name="no-such-pod")
     agents.wait_heartbeats_beyond("cost-agent", 0)
     agent = agents.get("cost-agent")
@@ -213,7 +173,7 @@ def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agent
 
 
 def test_reported_status_follows_the_agents_health(
-    run_sidecar: RunSidecar, agents: Agents, fake_agent: FakeAgent
+    run_sidecar: RunSidecar, agents: SidecarAgents, fake_agent: FakeAgent
 ) -> None:
     sidecar = run_sidecar()
     agents.wait_reported("cost-agent", ReportedStatus.HEALTHY)
@@ -237,12 +197,14 @@ def test_reported_status_follows_the_agents_health(
 # -- adopting ----------------------------------------------------------------------------------
 
 
-def test_adopts_an_existing_agent(run_sidecar: RunSidecar, agents: Agents) -> None:
+def test_adopts_an_existing_agent(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
     old_owner = {"apiVersion": "v1", "kind": "Pod", "name": "old-pod", "uid": "00000000-0000-0000-0000-000000000001"}
     existing = agents.create(
         "cost-agent",
-        {"type": "cost", "host": "10.9.9.9", "port": 9999, "metadata": {"stale": "yes", "region": "us-east-1"}},
-        ownerReferences=[old_owner],
+        host="10.9.9.9",
+        port=9999,
+        metadata={"stale": "yes", "region": "us-east-1"},
+        owner_references=[old_owner],
     )
     agents.patch_status("cost-agent", {"heartbeatSequence": 41, "heartbeatSource": "sidecar/old-pod"})
 
@@ -260,8 +222,8 @@ def test_adopts_an_existing_agent(run_sidecar: RunSidecar, agents: Agents) -> No
     assert adopted["previous_writer"] == "sidecar/old-pod"
 
 
-def test_an_agent_of_another_type_is_not_adopted(run_sidecar: RunSidecar, agents: Agents) -> None:
-    agents.create("cost-agent", {"type": "performance", "host": "10.9.9.9", "port": 9999})
+def test_an_agent_of_another_type_is_not_adopted(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
+    agents.create("cost-agent", type="performance", host="10.9.9.9", port=9999)
 
     sidecar = run_sidecar()
     assert sidecar.wait() == 2
@@ -276,7 +238,7 @@ def test_an_agent_of_another_type_is_not_adopted(run_sidecar: RunSidecar, agents
 
 
 def test_recovers_when_the_api_server_comes_back(
-    run_sidecar: RunSidecar, agents: Agents, controlplane: LocalControlPlane
+    run_sidecar: RunSidecar, agents: SidecarAgents, controlplane: LocalControlPlane
 ) -> None:
     sidecar = run_sidecar()
     before = agents.wait_heartbeats_beyond("cost-agent", 2)["heartbeatSequence"]
@@ -298,7 +260,7 @@ def test_recovers_when_the_api_server_comes_back(
     assert len(messages) < 10, messages
 
 
-def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, agents: Agents) -> None:
+def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
     sidecar = run_sidecar()
     agents.wait_heartbeats_beyond("cost-agent", 1)
     first = agents.get("cost-agent")
@@ -319,7 +281,7 @@ def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, ag
 # -- shutdown ----------------------------------------------------------------------------------
 
 
-def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agents: Agents) -> None:
+def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
     sidecar = run_sidecar()
     agents.wait_heartbeats_beyond("cost-agent", 1)
 
@@ -333,7 +295,9 @@ def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agent
 # -- configuration -----------------------------------------------------------------------------
 
 
-def test_bad_environment_is_one_clear_error_and_registers_nothing(run_sidecar: RunSidecar, agents: Agents) -> None:
+def test_bad_environment_is_one_clear_error_and_registers_nothing(
+    run_sidecar: RunSidecar, agents: SidecarAgents
+) -> None:
     sidecar = run_sidecar(
         raw_env=dict(
             AGENT_TYPE="Cost",
@@ -366,7 +330,7 @@ def test_bad_environment_is_one_clear_error_and_registers_nothing(run_sidecar: R
 
 def test_minimal_role_with_a_service_account(
     run_sidecar: RunSidecar,
-    agents: Agents,
+    agents: SidecarAgents,
     controlplane: LocalControlPlane,
     namespace: str,
     tmp_path: Path,

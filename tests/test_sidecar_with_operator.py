@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import config
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import HeartbeatTimings, OperatorProcess, SidecarProcess
@@ -15,13 +14,6 @@ from agent_registry.localcluster.process import wait_for
 from fake_agent import FakeAgent
 from operator_harness import Agents, operator_for_test
 from sidecar_harness import sidecar_for_test
-
-
-@pytest.fixture
-def agents(controlplane: LocalControlPlane, namespace: str) -> Iterator[Agents]:
-    api = config.new_client_from_config(config_file=str(controlplane.kubeconfig))
-    yield Agents(api, namespace)
-    api.close()
 
 
 @pytest.fixture

@@ -49,7 +49,8 @@ from typing import Any
 
 import yaml
 
-from agent_registry.localcluster.apiclient import ApiClient, ApiError
+from agent_registry import kubeapi
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.process import ManagedProcess
 
@@ -137,7 +138,6 @@ class LocalKubelet:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="local-kubelet", daemon=True)
-        self._api: ApiClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,8 +167,8 @@ class LocalKubelet:
 
     def service_address(self, namespace: str, service: str, port: int | str) -> tuple[str, int]:
         """Where a Service's port leads: the first replica's address and the container port."""
-        with ApiClient("127.0.0.1", self.controlplane.apiserver_port, self.controlplane.admin_ssl_context()) as api:
-            svc = api.call("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
+        with self.controlplane.admin_api() as api:
+            svc = api.request("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
             target = self._service_target(api, namespace, svc)
         if target is None:
             raise LookupError(f"no Deployment matches the selector of service {namespace}/{service}")
@@ -183,8 +183,7 @@ class LocalKubelet:
     # -- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        with ApiClient("127.0.0.1", self.controlplane.apiserver_port, self.controlplane.admin_ssl_context()) as api:
-            self._api = api
+        with self.controlplane.admin_api() as api:
             while not self._stop.is_set():
                 try:
                     self._reconcile(api)
@@ -197,10 +196,9 @@ class LocalKubelet:
             self.errors.append(message)
         print(f"[local-kubelet] {message}", file=sys.stderr, flush=True)
 
-    def _reconcile(self, api: ApiClient) -> None:
-        listing = api.call("GET", "/apis/apps/v1/deployments")
+    def _reconcile(self, api: SyncApi) -> None:
         wanted: dict[tuple[str, str], dict[str, Any]] = {}
-        for deployment in listing["items"]:
+        for deployment in api.list("/apis/apps/v1/deployments"):
             meta = deployment["metadata"]
             if not meta.get("deletionTimestamp"):
                 wanted[(meta["namespace"], meta["name"])] = deployment
@@ -213,7 +211,7 @@ class LocalKubelet:
             for pod in self.all_pods():
                 self._restart_exited(pod)
 
-    def _sync_deployment(self, api: ApiClient, key: tuple[str, str], deployment: dict[str, Any]) -> None:
+    def _sync_deployment(self, api: SyncApi, key: tuple[str, str], deployment: dict[str, Any]) -> None:
         template = deployment["spec"]["template"]
         digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         replicas = int(deployment["spec"].get("replicas", 1))
@@ -258,7 +256,7 @@ class LocalKubelet:
             return self._ips[key]
 
     def _start_pod(
-        self, api: ApiClient, key: tuple[str, str], name: str, index: int, template: dict[str, Any], digest: str
+        self, api: SyncApi, key: tuple[str, str], name: str, index: int, template: dict[str, Any], digest: str
     ) -> LocalPod:
         namespace, deployment = key
         spec = template["spec"]
@@ -302,14 +300,13 @@ class LocalKubelet:
             raise
         return pod
 
-    def _service_account_kubeconfig(self, api: ApiClient, namespace: str, account: str, workdir: Path) -> Path:
+    def _service_account_kubeconfig(self, api: SyncApi, namespace: str, account: str, workdir: Path) -> Path:
         try:
-            issued = api.call(
-                "POST",
+            issued = api.create(
                 f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
                 {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 7200}},
             )
-        except ApiError as error:
+        except kubeapi.StatusError as error:
             raise PodStartError(f"no token for serviceaccount {namespace}/{account}: {error}") from None
         cp = self.controlplane
         config = {
@@ -334,22 +331,21 @@ class LocalKubelet:
         return path
 
     def _service_target(
-        self, api: ApiClient, namespace: str, service: dict[str, Any]
+        self, api: SyncApi, namespace: str, service: dict[str, Any]
     ) -> tuple[str, dict[str, Any]] | None:
         selector = service["spec"].get("selector") or {}
         if not selector:
             return None
-        listing = api.call("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
-        for deployment in listing["items"]:
+        for deployment in api.list(f"/apis/apps/v1/namespaces/{namespace}/deployments"):
             labels = deployment["spec"]["template"]["metadata"].get("labels", {})
             if all(labels.get(k) == v for k, v in selector.items()):
                 return deployment["metadata"]["name"], deployment["spec"]["template"]
         return None
 
-    def _service_hosts(self, api: ApiClient, namespace: str) -> list[tuple[re.Pattern[str], str]]:
+    def _service_hosts(self, api: SyncApi, namespace: str) -> list[tuple[re.Pattern[str], str]]:
         """(pattern of a Service's DNS names, address of its first replica), for rewriting env and args."""
         rewrites = []
-        for service in api.call("GET", "/api/v1/services")["items"]:
+        for service in api.list("/api/v1/services"):
             target = self._service_target(api, service["metadata"]["namespace"], service)
             if target is None:
                 continue
@@ -410,7 +406,7 @@ class LocalKubelet:
 
     def _env(
         self,
-        api: ApiClient,
+        api: SyncApi,
         container: dict[str, Any],
         pod: LocalPod,
         pod_spec: dict[str, Any],
@@ -452,7 +448,7 @@ class LocalKubelet:
             env[entry["name"]] = self._rewrite(value, pod, services)
         return env
 
-    def _value_from(self, api: ApiClient, namespace: str, source: dict[str, Any], fields: dict[str, str]) -> str:
+    def _value_from(self, api: SyncApi, namespace: str, source: dict[str, Any], fields: dict[str, str]) -> str:
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             if path not in fields:
@@ -467,9 +463,9 @@ class LocalKubelet:
                 return data[ref["key"]]
         raise PodStartError(f"unsupported valueFrom {source}")
 
-    def _read_keys(self, api: ApiClient, namespace: str, kind: str, name: str) -> dict[str, str]:
-        status, body = api.request("GET", f"/api/v1/namespaces/{namespace}/{kind}/{name}")
-        if status != 200:
+    def _read_keys(self, api: SyncApi, namespace: str, kind: str, name: str) -> dict[str, str]:
+        body = api.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+        if body is None:
             raise PodStartError(f"{kind} {namespace}/{name} not found")
         data = body.get("data") or {}
         if kind == "secrets":

@@ -68,15 +68,19 @@ class SyncApi:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        accept: str | None = None,
         timeout: float | None = None,
         retry: bool = True,
     ) -> dict[str, Any]:
+        """One call; ``accept`` asks for another representation (aggregated discovery, say)."""
         if self.connection.needs_refresh:
             with self._lock:
                 self.connection.refresh()
         if body is not None and content_type is None:
             content_type = wire.JSON
         headers = wire.headers(self.connection.authorization(), content_type, self.user_agent)
+        if accept is not None:
+            headers["Accept"] = accept
         payload = wire.encode(body)
         url = wire.target(path, params)
         budget = self.timeout if timeout is None else timeout

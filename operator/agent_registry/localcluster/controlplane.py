@@ -34,7 +34,9 @@ from typing import TypeVar
 
 import yaml
 
-from agent_registry.localcluster.apiclient import ApiClient
+from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.build import Binaries, ensure_built
 from agent_registry.localcluster.namespaces import purge_namespace
 from agent_registry.localcluster.pki import PkiFiles, generate_pki
@@ -46,6 +48,7 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # Set to keep the work directory (logs, etcd data, certificates) after stop(), for debugging.
 KEEP_WORKDIR_ENV = "AGENT_REGISTRY_KEEP_WORKDIR"
 _PORT_ATTEMPTS = 3
+_ADMIN_TIMEOUT_SECONDS = 30.0
 _T = TypeVar("_T")
 
 
@@ -73,7 +76,7 @@ class LocalControlPlane:
         self._etcd_client_port = 0
         self._apiserver_port = 0
         self._last_readyz = "no answer yet"
-        self._api_client: ApiClient | None = None
+        self._admin: SyncApi | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -100,8 +103,8 @@ class LocalControlPlane:
     def stop(self) -> None:
         """Stop both servers and remove the work directory. Safe to call more than once."""
         atexit.unregister(self.stop)
-        if self._api_client is not None:
-            self._api_client.close()
+        if self._admin is not None:
+            self._admin.close()
         # API server first, so it does not spend its last seconds retrying a vanished etcd.
         for process in (self._apiserver, self._etcd):
             if process is not None:
@@ -263,7 +266,7 @@ class LocalControlPlane:
 
     def create_namespace(self, name: str) -> str:
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        self._api.call("POST", "/api/v1/namespaces", namespace)
+        self._api.create(paths.NAMESPACES, namespace)
         return name
 
     def delete_namespace(self, name: str) -> None:
@@ -273,17 +276,18 @@ class LocalControlPlane:
         """
         purge_namespace(self._api, name)
 
-    def admin_client(self) -> ApiClient:
-        """A new JSON client authenticated as the admin; one per thread (it is not thread-safe)."""
-        return ApiClient(LOOPBACK, self._apiserver_port, self.admin_ssl_context())
+    def admin_api(self) -> SyncApi:
+        """A new client of the API server authenticated as the admin (by its client certificate)."""
+        # Emptying a namespace of many objects is one slow delete-collection call per type.
+        return SyncApi(kubeapi.Connection.direct(self.server, self.admin_ssl_context()), timeout=_ADMIN_TIMEOUT_SECONDS)
 
     # -- internals ---------------------------------------------------------------------------
 
     @property
-    def _api(self) -> ApiClient:
-        if self._api_client is None:
-            self._api_client = self.admin_client()
-        return self._api_client
+    def _api(self) -> SyncApi:
+        if self._admin is None:
+            self._admin = self.admin_api()
+        return self._admin
 
     @staticmethod
     def _require(value: _T | None) -> _T:

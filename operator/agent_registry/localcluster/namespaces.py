@@ -13,17 +13,21 @@ removed, so nothing survives the namespace.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
-from agent_registry.localcluster.apiclient import MERGE_PATCH, ApiClient, ApiError
+from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 
 # One request returns every group with its resources (Kubernetes >= 1.30).
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+# Gone meanwhile (404) or changed under us (409): nothing is left for this step to do.
+_GONE = (kubeapi.NotFound, kubeapi.Conflict)
 # events.k8s.io/v1 events are the core events under another name; emptying one empties both.
 _ALIASES = {("events.k8s.io", "events")}
 _DELETE_NOW = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "propagationPolicy": "Background"}
-_GONE = (404, 409)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +41,11 @@ class ResourceType:
         return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
 
 
-def namespaced_resource_types(api: ApiClient) -> list[ResourceType]:
+def namespaced_resource_types(api: SyncApi) -> list[ResourceType]:
     """Every namespaced resource that can be listed and deleted as a collection, CRDs included."""
     found = []
     for root in ("/api", "/apis"):
-        listing = api.call("GET", root, accept=AGGREGATED_DISCOVERY)
+        listing = api.request("GET", root, accept=AGGREGATED_DISCOVERY)
         if listing.get("kind") != "APIGroupDiscoveryList":
             raise RuntimeError(f"GET {root} did not return aggregated discovery: {str(listing)[:200]}")
         for group in listing["items"]:
@@ -59,30 +63,24 @@ def namespaced_resource_types(api: ApiClient) -> list[ResourceType]:
     return found
 
 
-def purge_namespace(api: ApiClient, name: str) -> None:
+def purge_namespace(api: SyncApi, name: str) -> None:
     """Delete the namespace ``name`` and everything in it, finalizers notwithstanding."""
-    status, body = api.request("DELETE", f"/api/v1/namespaces/{name}")
-    if status == 404:
+    try:
+        api.delete(paths.namespace(name))
+    except kubeapi.NotFound:
         return
-    if status >= 300:
-        raise ApiError("DELETE", f"/api/v1/namespaces/{name}", status, body)
     # Marked Terminating first: from now on the API server refuses new objects in it.
     for resource_type in namespaced_resource_types(api):
         collection = resource_type.collection(name)
-        deleted = api.call("DELETE", collection, _DELETE_NOW)
+        deleted = api.delete(collection, _DELETE_NOW)
         for item in _held_by_finalizers(deleted):
-            status, body = api.request(
-                "PATCH", f"{collection}/{item['metadata']['name']}", {"metadata": {"finalizers": None}}, MERGE_PATCH
-            )
-            if status >= 300 and status not in _GONE:
-                raise ApiError("PATCH", f"{collection}/{item['metadata']['name']}", status, body)
+            with contextlib.suppress(*_GONE):
+                api.merge_patch(f"{collection}/{item['metadata']['name']}", {"metadata": {"finalizers": None}})
     finalized = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": []}}
-    status, body = api.request("PUT", f"/api/v1/namespaces/{name}/finalize", finalized)
-    if status >= 300 and status not in _GONE:
-        raise ApiError("PUT", f"/api/v1/namespaces/{name}/finalize", status, body)
+    with contextlib.suppress(*_GONE):
+        api.replace(f"{paths.namespace(name)}/finalize", finalized)
 
 
-def _held_by_finalizers(deleted: Any) -> list[dict[str, Any]]:
+def _held_by_finalizers(deleted: dict[str, Any]) -> list[dict[str, Any]]:
     """The objects a delete-collection call returned that are still there, waiting on finalizers."""
-    items = deleted.get("items") if isinstance(deleted, dict) else None
-    return [item for item in items or [] if item.get("metadata", {}).get("finalizers")]
+    return [item for item in deleted.get("items") or [] if item.get("metadata", {}).get("finalizers")]

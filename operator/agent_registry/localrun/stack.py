@@ -25,8 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kubernetes import client
-
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import (
     FACADE_MODULE,
@@ -135,7 +134,7 @@ class Stack:
         self._processes: list[ManagedProcess] = []
         self._controlplane: LocalControlPlane | None = None
         self._redis: LocalRedis | None = None
-        self._api: client.ApiClient | None = None
+        self._api: SyncApi | None = None
         self._step = 0
         self._steps = 7
         self._closed = False
@@ -176,7 +175,7 @@ class Stack:
     def start(self) -> Endpoints:
         started = time.monotonic()
         kubeconfig = self._start_cluster()
-        api = self._api = kube.api_client(kubeconfig)
+        api = self._api = kube.connect(kubeconfig)
         self._exit.callback(api.close)
         with self._stage("installing the Agent CRD"):
             kube.apply_crd(api)
@@ -221,7 +220,7 @@ class Stack:
     def _start_cluster(self) -> Path:
         if self.options.kubeconfig is not None:
             kubeconfig = self.options.kubeconfig
-            with self._stage(f"using the cluster of KUBECONFIG={kubeconfig}"), kube.api_client(kubeconfig) as api:
+            with self._stage(f"using the cluster of KUBECONFIG={kubeconfig}"), kube.connect(kubeconfig) as api:
                 _progress(f"    Kubernetes {kube.server_version(api)} answers")
             return kubeconfig
         with self._stage("starting the embedded control plane (kube-apiserver + etcd; the first run builds them)"):
@@ -322,7 +321,7 @@ class Stack:
             health_url=f"http://{LOOPBACK}:{port}/health",
         )
 
-    def _wait_healthy(self, api: client.ApiClient, names: list[str], timeout: float = 90.0) -> None:
+    def _wait_healthy(self, api: SyncApi, names: list[str], timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         phases: dict[str, str | None] = {}
         while True:
