@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
+from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
@@ -74,19 +76,14 @@ class Identity:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """The sidecar's heartbeat call (kubectl would first GET the subresource, which the Role does not allow)."""
-        url = f"{self.cp.server}/apis/{c.API_VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}/status"
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/merge-patch+json"}
-        response = httpx.patch(
-            url,
-            content=json.dumps({"status": status}),
-            headers=headers,
-            verify=ssl.create_default_context(cafile=str(self.cp.ca_file)),
-            trust_env=False,
-        )
-        if response.is_success:
-            return subprocess.CompletedProcess(url, 0, response.text, "")
-        answer = response.json()
-        return subprocess.CompletedProcess(url, 1, "", f"{answer.get('reason')}: {answer.get('message')}")
+        path = paths.agents(namespace, name, "status")
+        trust_only = ssl.create_default_context(cafile=str(self.cp.ca_file))
+        with SyncApi(kubeapi.Connection.direct(self.cp.server, trust_only, token=self.token)) as api:
+            try:
+                patched = api.merge_patch(path, {"status": status})
+            except kubeapi.StatusError as refused:
+                return subprocess.CompletedProcess(path, 1, "", f"{refused.reason}: {refused.message}")
+        return subprocess.CompletedProcess(path, 0, json.dumps(patched), "")
 
 
 class World:
