@@ -335,8 +335,18 @@ def test_reinstall_namespaced_adopts_the_kept_crd(scenario: Scenario) -> None:
         "--set", "facade.replicas=1",
     )  # fmt: skip
     assert "STATUS: deployed" in installed.stdout
-    cluster_roles = cluster.get_json("clusterroles", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
-    assert not [r for r in cluster_roles for rule in r["rules"] if "agents" in rule["resources"]]
+    # Nothing on Agents is granted cluster-wide: ClusterRoles that name them (the admin and
+    # override roles) are bound only by RoleBindings in the watched namespaces, or not at all.
+    release = f"app.kubernetes.io/instance={RELEASE}"
+    cluster_roles = cluster.get_json("clusterroles", "-l", release)["items"]
+    bound = {b["roleRef"]["name"] for b in cluster.get_json("clusterrolebindings", "-l", release)["items"]}
+    assert not [
+        r["metadata"]["name"]
+        for r in cluster_roles
+        if r["metadata"]["name"] in bound
+        for rule in r["rules"]
+        if "agents" in rule["resources"]
+    ]
     cluster.wait_rollout(NAMESPACE, OPERATOR)
     operators = cluster.pod_names(NAMESPACE, OPERATOR)
     # The previous install's Lease may still name a stopped pod: wait until this one leads.
