@@ -9,23 +9,27 @@ from __future__ import annotations
 import re
 import secrets
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 import redis
 
+from accounts import Accounts
 from agent_registry import kubeapi
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.redis_server import LocalRedis
-from operator_harness import Agents
+from operator_harness import Agents, operator_for_test
+from repo import CRD_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CRD_DIR = REPO_ROOT / "crds"
 _K8S_FIXTURES = {"controlplane", "kubeconfig", "namespace"}
 _REDIS_FIXTURES = {"redis_server", "redis_url"}
+# The facades and their HTTP client, beside the servers below: defined once, for every test.
+pytest_plugins = ["facade_fixtures"]
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -88,6 +92,35 @@ def namespace(controlplane: LocalControlPlane, request: pytest.FixtureRequest) -
 def agents(api: SyncApi, namespace: str) -> Agents:
     """The Agent objects of the test's namespace, straight from the API server."""
     return Agents(api, namespace)
+
+
+@pytest.fixture
+def accounts(controlplane: LocalControlPlane, namespace: str) -> Accounts:
+    """ServiceAccounts, tokens and RBAC in the test's namespace."""
+    return Accounts(controlplane, namespace)
+
+
+@pytest.fixture
+def make_operator(
+    controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Operators for the test's namespace, not yet started; keywords override their settings.
+    Every one made is stopped at the end of the test."""
+    made: list[OperatorProcess] = []
+
+    def make(**settings: Any) -> OperatorProcess:
+        made.append(operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, **settings))
+        return made[-1]
+
+    yield make
+    for op in made:
+        op.stop()
+
+
+@pytest.fixture
+def operator(make_operator: Callable[..., OperatorProcess]) -> OperatorProcess:
+    """One operator, started, writing the index the test's facades read."""
+    return make_operator().start()
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from repo import REPO_ROOT
 
-from bench.report import COST_ROWS, LEASE_ROWS, TARGETS, dig  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.report import COST_ROWS, LEASE_ROWS, TARGETS, dig
 
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.timeout(900)]
 
@@ -45,7 +45,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_REGISTRY_")}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", *SMOKE_ARGS, "--results-dir", str(out), "--name", "smoke"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -6,9 +6,7 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,34 +16,14 @@ from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from operator_harness import Agents, HeartbeatPump, operator_for_test
+from operator_harness import Agents, HeartbeatPump
+from repo import CRD_DIR
 
 # 1 s heartbeats, Unreachable after 3 s of silence, deleted 4 s after that.
 FAST = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 4}}
 # Same silence threshold, but kept long enough that nothing is deleted during a test.
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 600}}
-REPO = Path(__file__).resolve().parent.parent
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@pytest.fixture
-def make_operator(controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[OperatorProcess] = []
-
-    def make(**overrides: Any) -> OperatorProcess:
-        op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path, **overrides)
-        started.append(op)
-        return op
-
-    yield make
-    for op in started:
-        op.stop()
-
-
-@pytest.fixture
-def operator(make_operator: Any) -> OperatorProcess:
-    op: OperatorProcess = make_operator().start()
-    return op
 
 
 def _initialised(agents: Agents, name: str) -> dict[str, Any] | None:
@@ -243,7 +221,7 @@ def test_malformed_agent_gets_an_event_and_others_carry_on(
             timeout=20,
         )
     finally:
-        controlplane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        controlplane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
     agents.create("fine", **KEEP)
     wait_for("InvalidSpec event", lambda: "InvalidSpec" in agents.reasons("broken"))
     wait_for("the valid agent is served", lambda: agents.phase("fine") == "Healthy")

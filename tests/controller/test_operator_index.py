@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from agent_registry.index import IndexReader, IndexUnavailable, connect
@@ -20,15 +18,6 @@ from agent_registry.schema.rest import rest_status
 from operator_harness import Agents, operator_for_test
 
 KEEP = {"heartbeat": {"intervalSeconds": 1, "unreachableAfterSeconds": 30, "gcAfterSeconds": 600}}
-
-
-@pytest.fixture
-def operator(
-    controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
-    yield op
-    op.stop()
 
 
 def indexed(redis_url: str, namespace: str) -> set[tuple[str, str, str, str, tuple[str, ...]]] | None:

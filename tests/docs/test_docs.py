@@ -2,7 +2,7 @@
 every package is in its Layout table, and every path the Markdown files name exists.
 
 No cluster: the settings classes are imported and the files read. The chart README's RBAC
-is compared with the rendered templates in ``e2e/test_chart_readme.py`` (it needs helm).
+is compared with the rendered templates in ``tests/e2e/test_chart_readme.py`` (it needs helm).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import agent_sidecar
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.facade import settings as facade_settings
 from agent_sidecar import config as sidecar_config
+from repo import CHART_DIR, REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGE = REPO / "operator" / "agent_registry"
-README = REPO / "README.md"
-CHART_README = REPO / "helm" / "agent-registry" / "README.md"
-MARKDOWN = [README, *sorted((REPO / "docs").glob("*.md")), CHART_README]
+PACKAGE = REPO_ROOT / "operator" / "agent_registry"
+README = REPO_ROOT / "README.md"
+CHART_README = CHART_DIR / "README.md"
+MARKDOWN = [README, *sorted((REPO_ROOT / "docs").glob("*.md")), CHART_README]
 
 OPERATOR_PREFIX = "AGENT_REGISTRY_"
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
@@ -191,7 +191,9 @@ def test_the_conventions_are_read_as_meant() -> None:
 
 def tracked_files() -> list[str]:
     try:
-        result = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, timeout=30, check=True)
+        result = subprocess.run(
+            ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: what is in the repository is what git tracks")
     return result.stdout.splitlines()
@@ -263,18 +265,18 @@ def _globs(token: str) -> list[str]:
 
 def exists(token: str, markdown: Path) -> bool:
     """Relative to the repository, the Markdown file's folder, or the package (``controller/...``)."""
-    for base in (REPO, markdown.parent, PACKAGE):
+    for base in (REPO_ROOT, markdown.parent, PACKAGE):
         if all(any(base.glob(g.rstrip("/"))) if "*" in g else (base / g).exists() for g in _globs(token)):
             return True
     return False
 
 
-@pytest.mark.parametrize("markdown", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("markdown", MARKDOWN, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_path_the_docs_name_exists(markdown: Path) -> None:
     refs = path_references(markdown.read_text())
     assert refs, "the filter found no path at all"
     missing = sorted(ref for ref in refs if not exists(ref, markdown))
-    assert not missing, f"{markdown.relative_to(REPO)} names files that are not in the repository: {missing}"
+    assert not missing, f"{markdown.relative_to(REPO_ROOT)} names files that are not in the repository: {missing}"
 
 
 def test_the_path_filter_finds_paths_and_only_paths() -> None:
@@ -299,7 +301,7 @@ def test_no_doc_points_outside_the_repository() -> None:
     outside = re.compile(r"\b(DESIGN" + r"\.md|[Ii]ssue #?\d+)\b")
     found = []
     for name in tracked_files():
-        path = REPO / name
+        path = REPO_ROOT / name
         text_file = path.suffix in (".py", ".md", ".yaml", ".tpl", ".txt", ".toml", ".sh") or path.name == "Makefile"
         if text_file and path.is_file():
             lines = enumerate(path.read_text().splitlines(), 1)

@@ -3,80 +3,24 @@ with real service accounts, tokens, Roles and RoleBindings on the real API serve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
+from accounts import READER_RULES, WRITER_RULES, Accounts, user
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess
 from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from facade_harness import registration
+from facade_harness import assert_error, registration
 from operator_harness import Agents
-
-pytest_plugins = ["facade_fixtures"]
-
-WRITER_RULES = [
-    {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "list", "create", "update", "delete"]},
-    {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"]},
-]
-READER_RULES = [{"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "list"]}]
-
-
-class Cluster:
-    """Service accounts and RBAC in one namespace, through kubectl."""
-
-    def __init__(self, controlplane: LocalControlPlane, namespace: str) -> None:
-        self.cp = controlplane
-        self.namespace = namespace
-
-    def token(self, account: str) -> str:
-        self.cp.kubectl("create", "serviceaccount", account, "-n", self.namespace)
-        return self.cp.kubectl("create", "token", account, "-n", self.namespace).stdout.strip()
-
-    def grant(self, account: str, rules: list[dict[str, Any]], role: str | None = None) -> None:
-        role = role or f"{account}-role"
-        manifests = [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": role, "namespace": self.namespace},
-                "rules": rules,
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": role, "namespace": self.namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.namespace}],
-            },
-        ]
-        self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
-
-
-@pytest.fixture
-def cluster(controlplane: LocalControlPlane, namespace: str) -> Cluster:
-    return Cluster(controlplane, namespace)
 
 
 @pytest.fixture
 def secured(make_facade: Callable[..., FacadeProcess]) -> FacadeProcess:
     # Decisions are not cached, so each check below sees RBAC as it is now.
     return make_facade(auth=True, auth_cache_seconds=0)
-
-
-def user(namespace: str, account: str) -> str:
-    return f"system:serviceaccount:{namespace}:{account}"
-
-
-def assert_error(response: httpx.Response, status: int, *mentions: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    for mention in mentions:
-        assert mention in error, (mention, error)
 
 
 UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
@@ -120,23 +64,23 @@ def test_metrics_are_on_their_own_port_not_the_api_port(secured: FacadeProcess) 
 
 
 def test_metrics_on_the_api_port_need_the_right_to_list_agents(
-    make_facade: Callable[..., FacadeProcess], cluster: Cluster, namespace: str
+    make_facade: Callable[..., FacadeProcess], accounts: Accounts, namespace: str
 ) -> None:
     facade = make_facade(auth=True, auth_cache_seconds=0, metrics_port=0)
-    cluster.grant("reader", READER_RULES)
+    accounts.grant("reader", READER_RULES)
     with facade.client() as anonymous:
         assert_error(anonymous.get("/metrics"), 401, "missing bearer token")
-    with facade.client(token=cluster.token("nobody")) as nobody:
+    with facade.client(token=accounts.token("nobody")) as nobody:
         assert_error(nobody.get("/metrics"), 403, "may not list agents", namespace)
-    with facade.client(token=cluster.token("reader")) as reader:
+    with facade.client(token=accounts.token("reader")) as reader:
         response = reader.get("/metrics")
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("text/plain")
         assert 'agent_registry_facade_auth_total{result="denied"}' in response.text
 
 
-def test_a_service_account_without_rbac_is_403(secured: FacadeProcess, cluster: Cluster, namespace: str) -> None:
-    token = cluster.token("nobody")
+def test_a_service_account_without_rbac_is_403(secured: FacadeProcess, accounts: Accounts, namespace: str) -> None:
+    token = accounts.token("nobody")
     with secured.client(token=token) as http:
         assert_error(
             http.post("/agents/register", json=registration("a")),
@@ -150,10 +94,10 @@ def test_a_service_account_without_rbac_is_403(secured: FacadeProcess, cluster: 
 
 
 def test_with_rbac_the_whole_lifecycle_works(
-    secured: FacadeProcess, cluster: Cluster, agents: Agents, namespace: str
+    secured: FacadeProcess, accounts: Accounts, agents: Agents, namespace: str
 ) -> None:
-    cluster.grant("cost-agent", WRITER_RULES)
-    with secured.client(token=cluster.token("cost-agent")) as http:
+    accounts.grant("cost-agent", WRITER_RULES)
+    with secured.client(token=accounts.token("cost-agent")) as http:
         response = http.post("/agents/register", json=registration("cost-1"))
         assert response.status_code == 201, response.text
         agent_id = response.json()["agent_id"]
@@ -166,13 +110,13 @@ def test_with_rbac_the_whole_lifecycle_works(
 
 
 def test_a_read_only_role_reads_but_cannot_write(
-    secured: FacadeProcess, cluster: Cluster, agents: Agents, namespace: str
+    secured: FacadeProcess, accounts: Accounts, agents: Agents, namespace: str
 ) -> None:
-    cluster.grant("writer", WRITER_RULES)
-    cluster.grant("reader", READER_RULES)
-    with secured.client(token=cluster.token("writer")) as writer:
+    accounts.grant("writer", WRITER_RULES)
+    accounts.grant("reader", READER_RULES)
+    with secured.client(token=accounts.token("writer")) as writer:
         agent_id = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
-    with secured.client(token=cluster.token("reader")) as reader:
+    with secured.client(token=accounts.token("reader")) as reader:
         assert reader.get("/agents").json()["count"] == 1
         assert reader.get(f"/agents/{agent_id}").json()["name"] == "cost-1"
         assert_error(reader.post("/agents/register", json=registration("cost-2")), 403, "may not create agents")
@@ -185,18 +129,20 @@ def test_a_read_only_role_reads_but_cannot_write(
     assert [o["metadata"]["name"] for o in agents.list()] == ["cost-1"]
 
 
-def test_rbac_resource_names_limit_which_agent_a_token_may_heartbeat(secured: FacadeProcess, cluster: Cluster) -> None:
-    cluster.grant("writer", WRITER_RULES)
-    with secured.client(token=cluster.token("writer")) as writer:
+def test_rbac_resource_names_limit_which_agent_a_token_may_heartbeat(
+    secured: FacadeProcess, accounts: Accounts
+) -> None:
+    accounts.grant("writer", WRITER_RULES)
+    with secured.client(token=accounts.token("writer")) as writer:
         ids = {"b": writer.post("/agents/register", json=registration("b")).json()["agent_id"]}
-    cluster.grant(
+    accounts.grant(
         "agent-a",
         [
             {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["create"], "resourceNames": ["a"]},
             {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"], "resourceNames": ["a"]},
         ],
     )
-    with secured.client(token=cluster.token("agent-a")) as agent_a:
+    with secured.client(token=accounts.token("agent-a")) as agent_a:
         # The facade asks RBAC about the name it registers, so resourceNames limit creation too.
         ids["a"] = agent_a.post("/agents/register", json=registration("a")).json()["agent_id"]
         assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
@@ -220,12 +166,12 @@ ID_ROUTES = [
 
 
 def test_a_caller_without_rbac_cannot_tell_which_ids_exist(
-    secured: FacadeProcess, cluster: Cluster, agents: Agents
+    secured: FacadeProcess, accounts: Accounts, agents: Agents
 ) -> None:
-    cluster.grant("writer", WRITER_RULES)
-    with secured.client(token=cluster.token("writer")) as writer:
+    accounts.grant("writer", WRITER_RULES)
+    with secured.client(token=accounts.token("writer")) as writer:
         existing = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
-    with secured.client(token=cluster.token("nobody")) as nobody:
+    with secured.client(token=accounts.token("nobody")) as nobody:
         for method, path, body in ID_ROUTES:
             known = nobody.request(method, path.format(existing), json=body)
             unknown = nobody.request(method, path.format(UNKNOWN), json=body)
@@ -235,15 +181,15 @@ def test_a_caller_without_rbac_cannot_tell_which_ids_exist(
     assert [o["metadata"]["name"] for o in agents.list()] == ["cost-1"]
 
 
-def test_a_reader_tells_unknown_ids_only_where_it_may_act(secured: FacadeProcess, cluster: Cluster) -> None:
-    cluster.grant("writer", WRITER_RULES)
-    cluster.grant("reader", READER_RULES)
-    with secured.client(token=cluster.token("writer")) as writer:
+def test_a_reader_tells_unknown_ids_only_where_it_may_act(secured: FacadeProcess, accounts: Accounts) -> None:
+    accounts.grant("writer", WRITER_RULES)
+    accounts.grant("reader", READER_RULES)
+    with secured.client(token=accounts.token("writer")) as writer:
         existing = writer.post("/agents/register", json=registration("cost-1")).json()["agent_id"]
         # Namespace-wide rights: an unknown id is simply not found, on every route.
         for method, path, body in ID_ROUTES:
             assert_error(writer.request(method, path.format(UNKNOWN), json=body), 404, "Agent not found")
-    with secured.client(token=cluster.token("reader")) as reader:
+    with secured.client(token=accounts.token("reader")) as reader:
         assert_error(reader.get(f"/agents/{UNKNOWN}"), 404, "Agent not found")
         # It may read every agent, but heartbeat and delete none: those routes answer alike.
         for method, path, body in ID_ROUTES[1:]:
@@ -252,11 +198,11 @@ def test_a_reader_tells_unknown_ids_only_where_it_may_act(secured: FacadeProcess
             same_answer(known, existing, reader.request(method, path.format(UNKNOWN), json=body), UNKNOWN)
 
 
-def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: FacadeProcess, cluster: Cluster) -> None:
-    cluster.grant("writer", WRITER_RULES)
-    with secured.client(token=cluster.token("writer")) as writer:
+def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: FacadeProcess, accounts: Accounts) -> None:
+    accounts.grant("writer", WRITER_RULES)
+    with secured.client(token=accounts.token("writer")) as writer:
         ids = {"b": writer.post("/agents/register", json=registration("b")).json()["agent_id"]}
-    cluster.grant(
+    accounts.grant(
         "agent-a",
         [
             {
@@ -268,7 +214,7 @@ def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: Faca
             {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"], "resourceNames": ["a"]},
         ],
     )
-    with secured.client(token=cluster.token("agent-a")) as agent_a:
+    with secured.client(token=accounts.token("agent-a")) as agent_a:
         ids["a"] = agent_a.post("/agents/register", json=registration("a")).json()["agent_id"]
         assert agent_a.get(f"/agents/{ids['a']}").json()["name"] == "a"
         assert agent_a.post(f"/agents/{ids['a']}/heartbeat", json={"status": "healthy"}).status_code == 200
@@ -283,12 +229,12 @@ def test_a_role_with_resource_names_learns_nothing_about_other_ids(secured: Faca
 
 
 def test_a_role_in_one_namespace_does_not_reach_another(
-    controlplane: LocalControlPlane, secured: FacadeProcess, cluster: Cluster, namespace: str
+    controlplane: LocalControlPlane, secured: FacadeProcess, accounts: Accounts, namespace: str
 ) -> None:
     other = controlplane.create_namespace(f"{namespace[:50]}-other")
     try:
-        cluster.grant("writer", WRITER_RULES)
-        with secured.client(token=cluster.token("writer")) as http:
+        accounts.grant("writer", WRITER_RULES)
+        with secured.client(token=accounts.token("writer")) as http:
             assert http.get("/agents").status_code == 200
             assert_error(http.get("/agents", params={"namespace": other}), 403, f"in namespace {other!r}")
             assert_error(http.post("/agents/register", json=registration("a"), params={"namespace": other}), 403, other)
@@ -296,19 +242,19 @@ def test_a_role_in_one_namespace_does_not_reach_another(
         controlplane.delete_namespace(other)
 
 
-def test_granting_a_role_takes_effect_without_waiting_for_a_cache(secured: FacadeProcess, cluster: Cluster) -> None:
-    token = cluster.token("late")
+def test_granting_a_role_takes_effect_without_waiting_for_a_cache(secured: FacadeProcess, accounts: Accounts) -> None:
+    token = accounts.token("late")
     with secured.client(token=token) as http:
         assert http.get("/agents").status_code == 403
-        cluster.grant("late", READER_RULES)
+        accounts.grant("late", READER_RULES)
         # The API server's RBAC informer needs a moment; the facade caches no denial.
         wait_for("the new Role to apply", lambda: http.get("/agents").status_code == 200, timeout=10)
 
 
-def test_decisions_are_cached_for_repeated_calls(make_facade: Callable[..., FacadeProcess], cluster: Cluster) -> None:
+def test_decisions_are_cached_for_repeated_calls(make_facade: Callable[..., FacadeProcess], accounts: Accounts) -> None:
     facade = make_facade(auth=True, auth_cache_seconds=60)
-    cluster.grant("writer", WRITER_RULES)
-    with facade.client(token=cluster.token("writer")) as http:
+    accounts.grant("writer", WRITER_RULES)
+    with facade.client(token=accounts.token("writer")) as http:
         agent_id = http.post("/agents/register", json=registration("a")).json()["agent_id"]
         for _ in range(5):
             assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}).status_code == 200

@@ -15,8 +15,6 @@ from agent_registry.localcluster.launcher import FacadeProcess
 from facade_harness import registration
 from operator_harness import Agents
 
-pytest_plugins = ["facade_fixtures"]
-
 UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
 VICTIM = "{victim}"  # replaced by the id of an agent registered before the table runs
 

@@ -18,8 +18,6 @@ from agent_registry.schema import constants as c
 from facade_harness import registration
 from operator_harness import Agents
 
-pytest_plugins = ["facade_fixtures"]
-
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 AGENT_FIELDS = {"id", "name", "type", "host", "port", "capabilities", "status", "version", "registered_at", "last_seen"}
 

@@ -5,7 +5,6 @@ stopped, and everything back again without restarting the facade."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts import Accounts
 from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
@@ -21,8 +21,6 @@ from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 from facade_harness import registration
 from operator_harness import Agents, key_prefix
-
-pytest_plugins = ["facade_fixtures"]
 
 UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -295,38 +293,15 @@ def test_known_callers_keep_reading_while_the_api_server_is_down(
     operator: OperatorProcess,
     make_facade: Callable[..., FacadeProcess],
     controlplane: LocalControlPlane,
+    accounts: Accounts,
     redis_url: str,
     namespace: str,
 ) -> None:
     """With auth on, nothing can check a token while the API server is down; identities and
     decisions seen recently are honoured for that time, unknown tokens get 503."""
     rules = [{"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "list", "create", "update"]}]
-    manifests = {
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "agents", "namespace": namespace},
-                "rules": rules,
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "agents", "namespace": namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agents"},
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": name, "namespace": namespace} for name in ("known", "unseen")
-                ],
-            },
-        ],
-    }
-    controlplane.kubectl("apply", "-f", "-", input=json.dumps(manifests))
-    tokens = {}
-    for account in ("known", "unseen"):
-        controlplane.kubectl("create", "serviceaccount", account, "-n", namespace)
-        tokens[account] = controlplane.kubectl("create", "token", account, "-n", namespace).stdout.strip()
+    accounts.grant(["known", "unseen"], rules, role="agents")
+    tokens = {account: accounts.token(account) for account in ("known", "unseen")}
     # No fresh caching at all: only the outage makes the facade fall back on what it saw.
     facade = make_facade(auth=True, auth_cache_seconds=0, auth_stale_seconds=300)
     with facade.client(token=tokens["known"]) as known, facade.client(token=tokens["unseen"]) as unseen:

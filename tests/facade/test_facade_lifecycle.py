@@ -19,8 +19,6 @@ from agent_registry.localcluster.process import wait_for
 from facade_harness import facade_for_test, registration
 from operator_harness import Agents
 
-pytest_plugins = ["facade_fixtures"]
-
 
 def run_facade(env: dict[str, str] | None, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "agent_registry.facade", *args]

@@ -16,8 +16,6 @@ from agent_registry.localcluster.process import wait_for
 from facade_harness import FAST_TIMINGS, registration
 from operator_harness import Agents
 
-pytest_plugins = ["facade_fixtures"]
-
 
 def register(http: httpx.Client, name: str, **fields: Any) -> str:
     response = http.post("/agents/register", json=registration(name, **fields))

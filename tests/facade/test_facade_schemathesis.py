@@ -4,7 +4,6 @@ and schema."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +15,9 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 
-from agent_registry.localcluster.controlplane import LocalControlPlane
+from accounts import Accounts
 from agent_registry.localcluster.launcher import FacadeProcess
 from agent_registry.schema import constants as c
-
-pytest_plugins = ["facade_fixtures"]
-
 
 CONFIG = schemathesis.Config.from_dict(
     {
@@ -76,31 +72,11 @@ def not_an_integral_float_port(case: Any) -> bool:
 
 
 @pytest.fixture
-def token(controlplane: LocalControlPlane, namespace: str) -> str:
+def token(accounts: Accounts) -> str:
     """A service account allowed everything on agents in the test's namespace."""
     rules = [{"apiGroups": [c.GROUP], "resources": ["agents", "agents/status"], "verbs": ["*"]}]
-    manifests = {
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "fuzzer", "namespace": namespace},
-                "rules": rules,
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "fuzzer", "namespace": namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fuzzer"},
-                "subjects": [{"kind": "ServiceAccount", "name": "fuzzer", "namespace": namespace}],
-            },
-        ],
-    }
-    controlplane.kubectl("create", "serviceaccount", "fuzzer", "-n", namespace)
-    controlplane.kubectl("apply", "-f", "-", input=json.dumps(manifests))
-    return controlplane.kubectl("create", "token", "fuzzer", "-n", namespace).stdout.strip()
+    accounts.grant("fuzzer", rules, role="fuzzer")
+    return accounts.token("fuzzer")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Fixtures for the facade's tests: the operator and one or more facades.
+"""Fixtures for the tests that talk to the facade: one or more facades, and an HTTP client.
 
-Loaded by test modules with ``pytest_plugins = ["facade_fixtures"]`` (conftest.py holds the
-shared servers, the admin ``api`` and the namespace's ``agents``).
+Loaded for every test by ``tests/conftest.py``, which holds the shared servers, the admin
+``api``, the namespace's ``agents`` and the ``operator`` these facades read the index of.
 """
 
 from __future__ import annotations
@@ -14,18 +14,8 @@ import httpx
 import pytest
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
-from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
+from agent_registry.localcluster.launcher import FacadeProcess
 from facade_harness import facade_for_test
-from operator_harness import operator_for_test
-
-
-@pytest.fixture
-def operator(
-    controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
-    yield op
-    op.stop()
 
 
 @pytest.fixture

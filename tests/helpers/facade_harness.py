@@ -1,13 +1,14 @@
 """The HTTP facade as a real uvicorn subprocess on loopback, with test settings.
 
-The fixtures built on it live in ``facade_fixtures``; test modules load them with
-``pytest_plugins = ["facade_fixtures"]``.
+The fixtures built on it live in ``facade_fixtures``, which ``tests/conftest.py`` loads.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from agent_registry.localcluster.launcher import FacadeProcess, HeartbeatTimings
 from operator_harness import key_prefix
@@ -57,3 +58,11 @@ def registration(name: str, **fields: Any) -> dict[str, Any]:
     }
     body.update(fields)
     return body
+
+
+def assert_error(response: httpx.Response, status: int, *mentions: str) -> None:
+    """The facade's JSON error: ``status``, and a message that names each of ``mentions``."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    for mention in mentions:
+        assert mention in error, (mention, error)

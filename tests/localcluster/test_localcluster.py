@@ -20,8 +20,8 @@ from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.build import ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, ensure_built
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.redis_server import LocalRedis
+from repo import CRD_DIR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 AGENT_GROUP_VERSION = "registry.optiinfra.io/v1"
 
 
@@ -90,7 +90,7 @@ def test_kubeconfig_fixture_points_at_the_control_plane(kubeconfig: Path, contro
 
 
 def test_repository_crds_are_established(controlplane: LocalControlPlane) -> None:
-    if not any((REPO_ROOT / "crds").glob("*.y*ml")):
+    if not any(CRD_DIR.glob("*.y*ml")):
         pytest.skip("crds/ holds no YAML yet")
     group = AGENT_GROUP_VERSION.split("/", maxsplit=1)[0]
     resources = controlplane.kubectl("api-resources", f"--api-group={group}", "-o", "name")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +16,11 @@ from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import AgentSpec, error_paths
 from agent_registry.schema.crd import CRD_FILENAME, render_crd
-
-REPO = Path(__file__).resolve().parent.parent
+from repo import CRD_DIR, REPO_ROOT
 
 
 def test_crd_file_matches_the_models() -> None:
-    on_disk = (REPO / "crds" / CRD_FILENAME).read_text()
+    on_disk = (CRD_DIR / CRD_FILENAME).read_text()
     assert on_disk == render_crd(), "crds/ drifted from the pydantic models: run `make crds`"
 
 
@@ -120,7 +118,7 @@ def test_bad_status_is_rejected_naming_the_field(api: SyncApi, namespace: str) -
 
 
 def test_kubectl_prints_the_columns(controlplane: Any, namespace: str) -> None:
-    sample = yaml.safe_load((REPO / "manifests" / "samples" / "registry_v1_agent.yaml").read_text())
+    sample = yaml.safe_load((REPO_ROOT / "manifests" / "samples" / "registry_v1_agent.yaml").read_text())
     controlplane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(sample))
     controlplane.kubectl(
         "patch",

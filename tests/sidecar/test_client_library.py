@@ -5,7 +5,6 @@ asyncio variant, and a heartbeat thread that survives outages and re-registers a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent_registry.localcluster.controlplane import LocalControlPlane
+from accounts import Accounts
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import free_port, wait_for
 from agent_registry.schema import constants as c
@@ -23,8 +22,6 @@ from agent_sidecar.aio_client import AsyncAgentRegistration
 from agent_sidecar.client import RegistrationError
 from facade_harness import FAST_TIMINGS
 from operator_harness import Agents
-
-pytest_plugins = ["facade_fixtures"]
 
 
 @pytest.fixture
@@ -183,8 +180,7 @@ def test_status_provider_reports_health(operator: OperatorProcess, fast_facade: 
 
 def test_bearer_token_and_token_file(
     make_facade: Callable[..., FacadeProcess],
-    controlplane: LocalControlPlane,
-    namespace: str,
+    accounts: Accounts,
     agents: Agents,
     tmp_path: Path,
 ) -> None:
@@ -192,28 +188,8 @@ def test_bearer_token_and_token_file(
         {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "create", "update", "delete"]},
         {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"]},
     ]
-    controlplane.kubectl("create", "serviceaccount", "agent", "-n", namespace)
-    role = {
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": "agent", "namespace": namespace},
-                "rules": rules,
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "agent", "namespace": namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
-                "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
-            },
-        ],
-    }
-    controlplane.kubectl("apply", "-f", "-", input=json.dumps(role))
-    token = controlplane.kubectl("create", "token", "agent", "-n", namespace).stdout.strip()
+    accounts.grant("agent", rules, role="agent")
+    token = accounts.token("agent")
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     facade = make_facade(auth=True, timings=FAST_TIMINGS)

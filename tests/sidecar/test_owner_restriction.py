@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from accounts import WRITER_RULES, Accounts, user
 from agent_registry import kubeapi
 from agent_registry.kubeapi import paths
 from agent_registry.kubeapi.sync import SyncApi
@@ -29,16 +30,11 @@ from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
-from facade_harness import registration
+from facade_harness import assert_error, registration
 from fake_agent import FakeAgent
+from repo import CHART_DIR, SIDECAR_ROLE
 from sidecar_harness import sidecar_for_test
-from test_facade_auth import WRITER_RULES, assert_error
 
-pytest_plugins = ["facade_fixtures"]
-
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "helm" / "agent-registry"
-SIDECAR_ROLE = REPO / "manifests" / "rbac" / "sidecar-role.yaml"
 POLICY_TEMPLATE = "templates/owner-restriction-policy.yaml"
 OWNER = c.REGISTERED_BY_ANNOTATION
 # Agents do not heartbeat into Leases yet; until they do, the tests' agents may handle their own.
@@ -51,13 +47,9 @@ LEASE_RULES = [
 ]
 
 
-def user(namespace: str, account: str) -> str:
-    return f"system:serviceaccount:{namespace}:{account}"
-
-
 def helm_template(cp: LocalControlPlane, release: str, namespace: str, *templates: str) -> str:
     shows = [arg for t in templates for arg in ("--show-only", t)]
-    args = ["template", release, str(CHART), "--namespace", namespace, *shows]
+    args = ["template", release, str(CHART_DIR), "--namespace", namespace, *shows]
     args += ["--set", f"watchNamespaces={{{namespace}}}", "--set", f"facade.defaultNamespace={namespace}"]
     return subprocess.run([str(cp.binaries.helm), *args], capture_output=True, text=True, check=True).stdout
 
@@ -95,15 +87,13 @@ class World:
         self.workdir = workdir
         self.release = f"own-{secrets.token_hex(3)}"
         self.fullname = f"{self.release}-agent-registry"
+        self.accounts = Accounts(cp, namespace)
         cp.kubectl("apply", "-n", namespace, "-f", str(SIDECAR_ROLE))
 
     def identity(self, account: str, *, role: str | None = "agent-sidecar") -> Identity:
-        ns = self.namespace
-        if self.cp.kubectl("get", "serviceaccount", account, "-n", ns, check=False).returncode != 0:
-            self.cp.kubectl("create", "serviceaccount", account, "-n", ns)
+        token = self.accounts.token(account, duration="1h")
         if role:
-            self.bind(account, "Role", role)
-        token = self.cp.kubectl("create", "token", account, "-n", ns, "--duration=1h").stdout.strip()
+            self.accounts.bind(account, "Role", role)
         kubeconfig = self.workdir / f"{account}.kubeconfig"
         config = {
             "apiVersion": "v1",
@@ -116,23 +106,7 @@ class World:
             "current-context": "local",
         }
         kubeconfig.write_text(yaml.safe_dump(config))
-        return Identity(account, user(ns, account), token, kubeconfig, self.cp)
-
-    def bind(self, account: str, kind: str, role: str) -> None:
-        self.cp.kubectl(
-            "create", "rolebinding", f"{account}-{role}"[:63], "-n", self.namespace,
-            f"--{kind.lower()}={role}", f"--serviceaccount={self.namespace}:{account}",
-        )  # fmt: skip
-
-    def grant(self, account: str, rules: list[dict[str, Any]], name: str) -> None:
-        role = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "rules": rules,
-        }
-        self.cp.kubectl("apply", "-f", "-", input=json.dumps(role))
-        self.bind(account, "Role", name)
+        return Identity(account, user(self.namespace, account), token, kubeconfig, self.cp)
 
     def install_policy(self) -> None:
         self.cp.kubectl("apply", "-f", "-", input=helm_template(self.cp, self.release, self.namespace, POLICY_TEMPLATE))
@@ -255,7 +229,7 @@ def test_an_agent_cannot_write_or_delete_another_agents_agent(world: World) -> N
 def test_an_agent_cannot_renew_or_delete_another_agents_lease(world: World) -> None:
     a, b = world.identity("agent-a"), world.identity("agent-b")
     for account in (a, b):
-        world.grant(account.name, LEASE_RULES, f"{account.name}-leases")
+        world.accounts.grant(account.name, LEASE_RULES, role=f"{account.name}-leases")
     ns = world.namespace
     allowed(b.kubectl("create", "-f", "-", input=world.lease_body("b", b.username)))
     renew = json.dumps({"spec": {"holderIdentity": "a", "renewTime": "2030-01-01T00:00:00.000000Z"}})
@@ -287,7 +261,7 @@ def test_the_operator_and_an_admin_still_can(world: World) -> None:
     try:
         operator = world.identity(f"{world.fullname}-operator", role=None)
         admin = world.identity("alice", role=None)
-        world.bind("alice", "ClusterRole", f"{world.fullname}-admin")
+        world.accounts.bind("alice", "ClusterRole", f"{world.fullname}-admin")
         for name in ("b1", "b2"):
             world.agent(name, owner=b.username, as_=b)
 
@@ -410,7 +384,7 @@ def test_the_facade_applies_the_owner_rule_to_rest_callers(
     ns = world.namespace
     a, b = world.identity("rest-a", role=None), world.identity("rest-b", role=None)
     for identity in (a, b):
-        world.grant(identity.name, WRITER_RULES, f"{identity.name}-writer")
+        world.accounts.grant(identity.name, WRITER_RULES, role=f"{identity.name}-writer")
     with facade.client(token=a.token) as http_a, facade.client(token=b.token) as http_b:
         id_a = http_a.post("/agents/register", json=registration("a")).json()["agent_id"]
         response = http_b.post("/agents/register", json=registration("b"))
@@ -436,7 +410,7 @@ def test_the_facade_applies_the_owner_rule_to_rest_callers(
         world.cp.kubectl("apply", "-f", "-", input=admin_rbac)
         try:
             admin = world.identity("alice", role=None)
-            world.bind("alice", "ClusterRole", f"{world.fullname}-admin")
+            world.accounts.bind("alice", "ClusterRole", f"{world.fullname}-admin")
             with facade.client(token=admin.token) as http_admin:
                 assert http_admin.post(f"/agents/{id_b}/heartbeat", json={"status": "healthy"}).status_code == 200
                 assert http_admin.post(f"/agents/{id_b}/unregister").status_code == 200

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from accounts import Accounts
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import InClusterAccount, SidecarProcess
@@ -32,10 +33,9 @@ from agent_sidecar.probe import probe
 from agent_sidecar.runner import Backoff, Sidecar
 from fake_agent import FakeAgent
 from operator_harness import Agents
+from repo import SIDECAR_ROLE
 from sidecar_harness import sidecar_for_test
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ROLE_FILE = REPO_ROOT / "manifests" / "rbac" / "sidecar-role.yaml"
 HEARTBEAT_FIELDS = {"lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "heartbeatSource"}
 DEADLINE = 30.0
 T = TypeVar("T")
@@ -332,17 +332,14 @@ def test_minimal_role_with_a_service_account(
     run_sidecar: RunSidecar,
     agents: SidecarAgents,
     controlplane: LocalControlPlane,
+    accounts: Accounts,
     namespace: str,
     tmp_path: Path,
 ) -> None:
     """In-cluster credentials bound to nothing but the sidecar Role: the whole life works."""
-    controlplane.kubectl("apply", "-n", namespace, "-f", str(ROLE_FILE))
-    controlplane.kubectl("create", "serviceaccount", "cost-agent", "-n", namespace)
-    controlplane.kubectl(
-        "create", "rolebinding", "agent-sidecar", "-n", namespace,
-        "--role=agent-sidecar", f"--serviceaccount={namespace}:cost-agent",
-    )  # fmt: skip
-    token = controlplane.kubectl("create", "token", "cost-agent", "-n", namespace).stdout.strip()
+    controlplane.kubectl("apply", "-n", namespace, "-f", str(SIDECAR_ROLE))
+    token = accounts.token("cost-agent")
+    accounts.bind("cost-agent", "Role", "agent-sidecar")
     account = InClusterAccount.mount(
         tmp_path / "serviceaccount",
         token=token,

@@ -3,26 +3,14 @@ and a sidecar that dies leaves an agent that goes Unreachable and is cleaned up.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import HeartbeatTimings, OperatorProcess, SidecarProcess
 from agent_registry.localcluster.process import wait_for
 from fake_agent import FakeAgent
-from operator_harness import Agents, operator_for_test
+from operator_harness import Agents
 from sidecar_harness import sidecar_for_test
-
-
-@pytest.fixture
-def operator(
-    controlplane: LocalControlPlane, namespace: str, redis_url: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    op = operator_for_test(controlplane.kubeconfig, namespace, redis_url, tmp_path).start()
-    yield op
-    op.stop()
 
 
 def start_sidecar(controlplane: LocalControlPlane, namespace: str, agent: FakeAgent, log_dir: Path) -> SidecarProcess:

@@ -4,7 +4,7 @@ The CRD's OpenAPI schema (``crd.py``), the REST schemas (``rest.py``) and the si
 payloads all come from these models. Every rule is written once, here, in a form both
 pydantic and the Kubernetes API server enforce: plain OpenAPI constraints where they
 suffice, and CEL (``x-kubernetes-validations``) beside an equivalent Python check where
-they do not. The test suite drives one table of good and bad specs (``agent_cases.py``)
+they do not. The test suite drives one table of good and bad specs (``tests/helpers/agent_cases.py``)
 through both and checks they agree.
 
 Field names are camelCase on the wire (Kubernetes API conventions) and snake_case in
