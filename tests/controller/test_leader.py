@@ -65,7 +65,8 @@ class Leases:
 
     @property
     def holder(self) -> str | None:
-        return (self.lease or {}).get("spec", {}).get("holderIdentity")
+        holder: str | None = (self.lease or {}).get("spec", {}).get("holderIdentity")
+        return holder
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ every candidate, starts at a random place, and the counters stay bounded."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -16,13 +17,14 @@ AGENTS = ["cost-a", "cost-b", "cost-c"]
 @pytest.fixture
 def start_at_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every new counter starts at the first candidate, so a test can say which comes next."""
-    monkeypatch.setattr(routing.random, "randrange", lambda _stop: 0)
+    monkeypatch.setattr(random, "randrange", lambda _stop: 0)
 
 
 def test_picks_go_round_every_candidate_in_turn() -> None:
     rr = RoundRobin()
     picks = [rr.pick("cost", AGENTS) for _ in range(3 * len(AGENTS))]
     assert Counter(picks) == {name: 3 for name in AGENTS}
+    assert picks[0] is not None
     first = AGENTS.index(picks[0])
     assert picks == [AGENTS[(first + i) % len(AGENTS)] for i in range(len(picks))]
 
