@@ -260,6 +260,8 @@ def _stall(controlplane: LocalControlPlane, fault: str) -> None:
         controlplane.pause("kube-apiserver")
     elif fault == "pause etcd":
         controlplane.pause("etcd")
+    elif fault == "restart etcd":
+        controlplane.stop_etcd()
     else:
         controlplane.stop_apiserver()
 
@@ -269,12 +271,14 @@ def _end_stall(controlplane: LocalControlPlane, fault: str) -> None:
         controlplane.resume("kube-apiserver")
     elif fault == "pause etcd":
         controlplane.resume("etcd")
+    elif fault == "restart etcd":
+        controlplane.start_etcd()
     else:
         controlplane.start_apiserver()
     controlplane.wait_ready(timeout=60)
 
 
-@pytest.mark.parametrize("fault", ["pause kube-apiserver", "pause etcd", "restart kube-apiserver"])
+@pytest.mark.parametrize("fault", ["pause kube-apiserver", "pause etcd", "restart kube-apiserver", "restart etcd"])
 def test_an_outage_the_operator_cannot_see_through_flips_no_live_agent(
     controlplane: LocalControlPlane, make_operator: Any, agents: Agents, fault: str
 ) -> None:
