@@ -144,3 +144,19 @@ def test_async_transport_and_a_stalled_server_that_times_out(controlplane: Local
             await api.aclose()
 
     asyncio.run(scenario())
+
+
+def test_kopf_watches_with_the_same_credentials(
+    controlplane: LocalControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_registry.controller.handlers import login  # noqa: PLC0415 - registers kopf handlers
+
+    monkeypatch.setenv("KUBECONFIG", str(controlplane.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = login()
+    connection = kubeapi.load(controlplane.kubeconfig)
+    assert info is not None and info.server == connection.server
+    # The local control plane's admin is a client certificate embedded in the kubeconfig:
+    # kopf gets it as files, the way it loads them.
+    assert info.certificate_path and Path(str(info.certificate_path)).is_file()
+    assert info.private_key_path and info.ca_data

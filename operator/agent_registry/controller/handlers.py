@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from agent_registry import kubeapi
 from agent_registry.controller import metrics
 from agent_registry.controller.initialisation import (
     agent_id_for,
@@ -71,6 +72,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     runtime = Runtime(config, before_delete=memo.get("before_delete"))
     memo["runtime"] = runtime
     await runtime.start()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watch authenticates with the credentials every other call of the registry
+    uses, found by the same precedence (``kubeapi.credentials``); kopf asks again after a
+    401, so a rotated service-account token is re-read. Exec plugins and auth-providers are
+    renewed by the ``kubernetes`` loader, so those go to kopf's own login through it."""
+    connection = kubeapi.load()
+    if connection.refreshes_itself:
+        return kopf.login_via_client(**kwargs)
+    material = connection.material
+    return kopf.ConnectionInfo(
+        server=connection.server,
+        ca_path=str(material.ca_file) if material.ca_file else None,
+        ca_data=material.ca_data,
+        insecure=material.insecure or None,
+        token=connection.token,
+        certificate_path=str(material.cert_file) if material.cert_file else None,
+        private_key_path=str(material.key_file) if material.key_file else None,
+        default_namespace=connection.namespace,
+    )
 
 
 @kopf.on.cleanup()

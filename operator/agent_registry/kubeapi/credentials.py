@@ -77,6 +77,15 @@ def resolve(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Material:
+    ca_file: Path | None = None
+    ca_data: str | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
 class Connection:
     """The API server's URL, a TLS context for it, and the Authorization header to send."""
 
@@ -88,10 +97,13 @@ class Connection:
         token_file: Path | None = None,
         refresher: Any = None,
         namespace: str | None = None,
+        material: Material | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.context = context
         self.namespace = namespace
+        self.material = material or Material()
+        """What the TLS context was built from, for clients that take files (kopf's watch)."""
         """The namespace the credentials belong to (in-cluster) or name (kubeconfig context)."""
         self._token = token
         self._token_file = token_file
@@ -112,6 +124,17 @@ class Connection:
             self._read_token()
         elif self._refresher is not None:
             self._token = self._refresher.refresh()
+
+    @property
+    def token(self) -> str | None:
+        if self._token and self._token.lower().startswith("bearer "):
+            return self._token[len("bearer ") :]
+        return self._token
+
+    @property
+    def refreshes_itself(self) -> bool:
+        """Whether tokens come from an exec plugin or auth-provider (only that loader can renew them)."""
+        return self._refresher is not None
 
     def authorization(self) -> str | None:
         if not self._token:
@@ -149,7 +172,10 @@ def _in_cluster(directory: Path) -> Connection:
     context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
     namespace_file = directory / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.is_file() else None
-    return Connection(f"https://{host}:{port}", context, token_file=directory / "token", namespace=namespace)
+    material = Material(ca_file=directory / "ca.crt")
+    return Connection(
+        f"https://{host}:{port}", context, token_file=directory / "token", namespace=namespace, material=material
+    )
 
 
 def _from_kubeconfig(path: Path) -> Connection:
@@ -168,28 +194,40 @@ def _from_kubeconfig(path: Path) -> Connection:
     if "exec" in user or "auth-provider" in user:
         return _via_kubernetes_loader(path, context.get("namespace"))
     base = path.parent
-    tls = _tls_context(cluster, user, base)
-    token = user.get("token")
-    token_file = _path(user.get("tokenFile"), base)
+    material = _material_of(cluster, user, base)
     return Connection(
-        str(cluster["server"]), tls, token=token, token_file=token_file, namespace=context.get("namespace")
+        str(cluster["server"]),
+        _tls_context(material),
+        token=user.get("token"),
+        token_file=_path(user.get("tokenFile"), base),
+        namespace=context.get("namespace"),
+        material=material,
     )
 
 
-def _tls_context(cluster: Mapping[str, Any], user: Mapping[str, Any], base: Path) -> ssl.SSLContext:
-    if cluster.get("certificate-authority-data"):
-        tls = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-    elif cluster.get("certificate-authority"):
-        tls = ssl.create_default_context(cafile=str(_path(cluster["certificate-authority"], base)))
+def _material_of(cluster: Mapping[str, Any], user: Mapping[str, Any], base: Path) -> Material:
+    ca_data = cluster.get("certificate-authority-data")
+    return Material(
+        ca_file=None if ca_data else _path(cluster.get("certificate-authority"), base),
+        ca_data=base64.b64decode(ca_data).decode() if ca_data else None,
+        cert_file=_file(user, "client-certificate", base),
+        key_file=_file(user, "client-key", base),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+    )
+
+
+def _tls_context(material: Material) -> ssl.SSLContext:
+    if material.ca_data:
+        tls = ssl.create_default_context(cadata=material.ca_data)
+    elif material.ca_file:
+        tls = ssl.create_default_context(cafile=str(material.ca_file))
     else:
         tls = ssl.create_default_context()
-    if cluster.get("insecure-skip-tls-verify"):
+    if material.insecure:
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
-    cert = _material(user, "client-certificate", base)
-    key = _material(user, "client-key", base)
-    if cert is not None:
-        tls.load_cert_chain(str(cert), str(key) if key is not None else None)
+    if material.cert_file is not None:
+        tls.load_cert_chain(str(material.cert_file), str(material.key_file) if material.key_file else None)
     return tls
 
 
@@ -200,7 +238,7 @@ def _path(value: str | None, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _material(user: Mapping[str, Any], field: str, base: Path) -> Path | None:
+def _file(user: Mapping[str, Any], field: str, base: Path) -> Path | None:
     """A certificate or key as a file: Python's ssl loads client certificates only from files."""
     if user.get(f"{field}-data"):
         return _private_file(base64.b64decode(user[f"{field}-data"]))
