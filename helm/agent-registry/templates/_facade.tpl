@@ -46,6 +46,8 @@
   value: {{ $facade.heartbeat.gcAfterSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_MAX_BODY_BYTES
   value: {{ $facade.maxBodyBytes | quote }}
+- name: AGENT_REGISTRY_FACADE_MAX_CONCURRENT_QUERIES
+  value: {{ $facade.maxConcurrentQueries | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_TIMEOUT_SECONDS
   value: {{ $facade.redis.timeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_RETRY_SECONDS

@@ -1,4 +1,5 @@
-"""The request body limit: 413 before a large body is read, or as soon as a streamed one grows too large."""
+"""Request limits: the body limit (413 before a large body is read, or as soon as a streamed
+one grows too large) and the query limit (429 beyond so many reads at once)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_registry.facade import metrics
 
 
 class BodySizeLimit:
@@ -49,16 +52,55 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _reject(send: Send, message: str) -> None:
+    # The unread body would otherwise be taken for the next request.
+    await _answer(send, 413, message, [(b"connection", b"close")])
+
+
+class QueryLimit:
+    """At most ``max_queries`` reads of ``/agents...`` at once; one more is answered 429 with
+    Retry-After before any work is done for it. Writes (register, heartbeat, unregister) and
+    the probes are never limited: under a query storm they must not wait behind queries."""
+
+    def __init__(self, app: ASGIApp, max_queries: int) -> None:
+        self.app = app
+        self.max_queries = max_queries
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.max_queries or scope["type"] != "http" or not _is_query(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.max_queries:
+            metrics.QUERIES_REJECTED.inc()
+            await _answer(
+                send,
+                429,
+                f"more than {self.max_queries} queries in progress; retry after 1 s",
+                [(b"retry-after", b"1")],
+            )
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
+def _is_query(scope: Scope) -> bool:
+    path = str(scope.get("path", ""))
+    return scope.get("method") in ("GET", "HEAD") and (path == "/agents" or path.startswith("/agents/"))
+
+
+async def _answer(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                # The unread body would otherwise be taken for the next request.
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )

@@ -59,6 +59,11 @@ FALLBACK_LISTS = Counter(
     "LISTs of every agent of a namespace, shared by the queries that fell back to them.",
     registry=REGISTRY,
 )
+QUERIES_REJECTED = Counter(
+    f"{_NS}_queries_rejected_total",
+    "Reads answered 429 because max_concurrent_queries were already in progress.",
+    registry=REGISTRY,
+)
 INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.", registry=REGISTRY)
 KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.", registry=REGISTRY)
 AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"], registry=REGISTRY)

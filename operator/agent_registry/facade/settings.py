@@ -94,6 +94,11 @@ class FacadeSettings(BaseSettings):
     """Larger request bodies get 413 before they are read. Four times the metadata bound
     leaves room for everything else in a registration."""
 
+    max_concurrent_queries: int = Field(default=64, ge=0)
+    """Reads (GET on ``/agents...``) in progress at once; one more is answered 429 with
+    ``Retry-After`` at once, so a query storm cannot make the registrations and heartbeats
+    that keep agents alive wait behind it (those are never limited). 0: no limit."""
+
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"))
     """The operator's index. Down or empty, reads fall back to the API server."""
 
