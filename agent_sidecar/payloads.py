@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from agent_registry.kubeapi import objects
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import AgentStatus, ReportedStatus
 from agent_sidecar.config import SidecarConfig
@@ -67,7 +68,7 @@ def build_adoption_patch(
     if owner is not None:
         owners.append(owner)
     annotations = _annotations(config)
-    if identity and not registered_by(existing):
+    if identity and not objects.registered_by(existing):
         annotations[c.REGISTERED_BY_ANNOTATION] = identity
     return {
         "metadata": {
@@ -101,12 +102,6 @@ def heartbeat_writer(agent: dict[str, Any]) -> str | None:
     """Who wrote the Agent's last heartbeat, e.g. ``sidecar/<pod>``."""
     writer = (agent.get("status") or {}).get(_SOURCE)
     return writer if isinstance(writer, str) else None
-
-
-def registered_by(agent: dict[str, Any]) -> str | None:
-    """The username that registered the Agent (its registered-by annotation), or None when unowned."""
-    value = ((agent.get("metadata") or {}).get("annotations") or {}).get(c.REGISTERED_BY_ANNOTATION)
-    return value if isinstance(value, str) and value else None
 
 
 def is_written_by(agent: dict[str, Any], source: str, uid: str | None) -> bool:

@@ -29,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from agent_registry.kubeapi.objects import registered_by
 from agent_sidecar.config import SidecarConfig
 from agent_sidecar.kube import DEFAULT_TIMEOUT_SECONDS, AgentApi, ApiError
 from agent_sidecar.logs import log
@@ -41,7 +42,6 @@ from agent_sidecar.payloads import (
     heartbeat_writer,
     is_deleting,
     is_written_by,
-    registered_by,
 )
 from agent_sidecar.probe import ProbeResult, probe
 

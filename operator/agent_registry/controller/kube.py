@@ -34,11 +34,6 @@ class DeleteOutcome(enum.Enum):
     GONE = "gone"
 
 
-def load_api_client() -> Connection:
-    """The operator's credentials, by the precedence every process uses (kubeapi.credentials)."""
-    return kubeapi.load()
-
-
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -8,9 +8,10 @@ import logging
 import time
 from typing import Any
 
+from agent_registry import kubeapi
 from agent_registry.controller import metrics
 from agent_registry.controller.indexsync import IndexSync
-from agent_registry.controller.kube import Kube, agent_reference, load_api_client
+from agent_registry.controller.kube import Kube, agent_reference
 from agent_registry.controller.leader import LeaderElector
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sight import Sight
@@ -25,7 +26,9 @@ class Runtime:
     def __init__(self, settings: OperatorSettings, before_delete: BeforeDelete | None = None) -> None:
         """``before_delete`` is the sweeper's test seam (see ``Sweeper.before_delete``)."""
         self.settings = settings
-        self.kube = Kube(load_api_client(), timeout=settings.kube_timeout_seconds)
+        # The operator has no kubeconfig setting: its credentials come by the precedence
+        # every process uses (kubeapi.credentials), as kopf's login does.
+        self.kube = Kube(kubeapi.load(), timeout=settings.kube_timeout_seconds)
         self.tracker = Tracker(
             share=settings.self_preservation_share,
             min_agents=settings.self_preservation_min_agents,

@@ -86,9 +86,6 @@ class TrackedAgent:
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
-    def silent_for(self, now: float) -> float:
-        return now - self.last_heard
-
 
 @dataclasses.dataclass(frozen=True)
 class Observation:

@@ -21,16 +21,11 @@ from typing import Any
 
 from agent_registry.facade.auth import Authenticator, Caller
 from agent_registry.facade.errors import ApiError
+from agent_registry.kubeapi import objects
 from agent_registry.schema import constants as c
 
 CACHE_SECONDS = 300.0
 _CACHE_ENTRIES = 10_000
-
-
-def registered_by(resource: dict[str, Any]) -> str:
-    """The annotation's value; empty for an unowned Agent."""
-    value = ((resource.get("metadata") or {}).get("annotations") or {}).get(c.REGISTERED_BY_ANNOTATION)
-    return value if isinstance(value, str) else ""
 
 
 class Owners:
@@ -43,11 +38,10 @@ class Owners:
 
     def remember(self, resource: dict[str, Any]) -> str:
         """Note who registered ``resource`` (an Agent as the API server returned it); that owner."""
-        owner = registered_by(resource)
-        meta = resource.get("metadata") or {}
-        uid = str(meta.get("uid") or "")
+        owner = objects.registered_by(resource) or ""
+        uid = objects.uid(resource)
         if uid and self.cache_seconds > 0:
-            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""), uid)
+            key = (objects.namespace(resource), objects.name(resource), uid)
             self._entries[key] = (owner, time.monotonic())
             self._entries.move_to_end(key)
             while len(self._entries) > _CACHE_ENTRIES:

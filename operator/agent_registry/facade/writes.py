@@ -31,11 +31,11 @@ from agent_registry.facade import metrics
 from agent_registry.facade.auth import Authenticator, Caller
 from agent_registry.facade.errors import AGENT_NOT_FOUND, ApiError, bad_request, not_found, unavailable
 from agent_registry.facade.kube import Kube
-from agent_registry.facade.owners import Owners, registered_by
+from agent_registry.facade.owners import Owners
 from agent_registry.facade.reads import Located
 from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.settings import FacadeSettings
-from agent_registry.kubeapi import StatusError, Unavailable
+from agent_registry.kubeapi import StatusError, Unavailable, objects
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
 from agent_registry.schema.rest import (
@@ -146,7 +146,7 @@ class Writes:
                     "an agent's type cannot change (unregister it first)",
                 )
             # The same name from another identity is not a re-registration but a takeover.
-            owner = registered_by(existing)
+            owner = objects.registered_by(existing) or ""
             await self.owners.require(caller, namespace, request.name, owner, "register")
             meta = existing.get("metadata") or {}
             status = existing.get("status") or {}

@@ -17,8 +17,6 @@ import httpx
 from agent_registry.kubeapi import errors, paths, wire
 from agent_registry.kubeapi.credentials import Connection
 
-_LIST_PAGE = 500
-
 
 class AsyncApi:
     def __init__(
@@ -56,10 +54,7 @@ class AsyncApi:
         if self.connection.needs_refresh:
             # May re-read a token file or run an exec plugin: keep it off the event loop.
             await asyncio.to_thread(self.connection.refresh)
-        if body is not None and content_type is None:
-            content_type = wire.JSON
-        headers = wire.headers(self.connection.authorization(), content_type, self.user_agent)
-        payload = wire.encode(body)
+        headers, payload = wire.prepare(self.connection.authorization(), body, content_type, self.user_agent)
         for attempt in range(1, wire.ATTEMPTS + 1):
             try:
                 response = await self.http.request(
@@ -89,17 +84,13 @@ class AsyncApi:
 
     async def list(self, path: str, label_selector: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
         """Every item, in pages, so 10,000 objects are not one response."""
-        params: dict[str, str] = {"limit": str(_LIST_PAGE)}
-        if label_selector:
-            params["labelSelector"] = label_selector
         items: list[dict[str, Any]] = []
-        while True:
+        params: dict[str, str] | None = wire.first_page(label_selector)
+        while params is not None:
             page = await self.request("GET", path, params=params, **kwargs)
             items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            params = {**params, "continue": token}
+            params = wire.next_page(page, params)
+        return items
 
     async def create(self, path: str, body: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         return await self.request("POST", path, body=dict(body), **kwargs)

@@ -291,14 +291,18 @@ def _via_kubernetes_loader(path: Path, namespace: str | None) -> Connection:
 
     configuration = kclient.Configuration()
     kconfig.load_kube_config(config_file=str(path), client_configuration=configuration)
-    if configuration.ssl_ca_cert:
-        tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    else:
-        tls = ssl.create_default_context()
-    if configuration.cert_file:
-        tls.load_cert_chain(configuration.cert_file, configuration.key_file)
-    if not configuration.verify_ssl:
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
+    material = Material(
+        ca_file=_path(configuration.ssl_ca_cert, path.parent),
+        cert_file=_path(configuration.cert_file, path.parent),
+        key_file=_path(configuration.key_file, path.parent),
+        insecure=not configuration.verify_ssl,
+    )
     refresher = _KubernetesRefresher(configuration)
-    return Connection(str(configuration.host), tls, token=refresher.token(), refresher=refresher, namespace=namespace)
+    return Connection(
+        str(configuration.host),
+        _tls_context(material),
+        token=refresher.token(),
+        refresher=refresher,
+        namespace=namespace,
+        material=material,
+    )

@@ -32,8 +32,10 @@ def labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return meta(obj).get("labels") or {}
 
 
-def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    return meta(obj).get("annotations") or {}
+def registered_by(obj: Mapping[str, Any]) -> str | None:
+    """The username that registered the Agent (its registered-by annotation), or None when unowned."""
+    value = (meta(obj).get("annotations") or {}).get(c.REGISTERED_BY_ANNOTATION)
+    return value if isinstance(value, str) and value else None
 
 
 def agent_id(obj: Mapping[str, Any]) -> str | None:

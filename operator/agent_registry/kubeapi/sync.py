@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 from agent_registry.kubeapi import errors, wire
 from agent_registry.kubeapi.credentials import Connection
 
-_LIST_PAGE = 500
-
 
 class SyncApi:
     def __init__(self, connection: Connection, timeout: float = 10.0, user_agent: str = "agent-registry") -> None:
@@ -76,12 +74,9 @@ class SyncApi:
         if self.connection.needs_refresh:
             with self._lock:
                 self.connection.refresh()
-        if body is not None and content_type is None:
-            content_type = wire.JSON
-        headers = wire.headers(self.connection.authorization(), content_type, self.user_agent)
-        if accept is not None:
-            headers["Accept"] = accept
-        payload = wire.encode(body)
+        headers, payload = wire.prepare(
+            self.connection.authorization(), body, content_type, self.user_agent, accept or wire.JSON
+        )
         url = wire.target(path, params)
         budget = self.timeout if timeout is None else timeout
         for attempt in range(1, wire.ATTEMPTS + 1):
@@ -124,17 +119,13 @@ class SyncApi:
             return None
 
     def list(self, path: str, label_selector: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-        params: dict[str, str] = {"limit": str(_LIST_PAGE)}
-        if label_selector:
-            params["labelSelector"] = label_selector
         items: list[dict[str, Any]] = []
-        while True:
+        params: dict[str, str] | None = wire.first_page(label_selector)
+        while params is not None:
             page = self.request("GET", path, params=params, **kwargs)
             items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            params = {**params, "continue": token}
+            params = wire.next_page(page, params)
+        return items
 
     def create(self, path: str, body: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self.request("POST", path, body=dict(body), **kwargs)

@@ -32,21 +32,37 @@ def retry_wait(status: int, retry_after: str | None, method: str) -> float | Non
     return min(max(seconds, 0.1), MAX_RETRY_AFTER_SECONDS)
 
 
-def headers(authorization: str | None, content_type: str | None, user_agent: str) -> dict[str, str]:
-    result = {"Accept": JSON, "User-Agent": user_agent}
+def prepare(
+    authorization: str | None, body: Any, content_type: str | None, user_agent: str, accept: str = JSON
+) -> tuple[dict[str, str], bytes | None]:
+    """The headers and the encoded body of one request (a body is JSON unless said otherwise)."""
+    headers = {"Accept": accept, "User-Agent": user_agent}
     if authorization:
-        result["Authorization"] = authorization
-    if content_type:
-        result["Content-Type"] = content_type
-    return result
+        headers["Authorization"] = authorization
+    if body is not None:
+        headers["Content-Type"] = content_type or JSON
+    return headers, None if body is None else json.dumps(body).encode()
+
+
+LIST_PAGE = 500
+"""Items per page of a LIST, so 10,000 objects are not one response."""
+
+
+def first_page(label_selector: str | None) -> dict[str, str]:
+    params = {"limit": str(LIST_PAGE)}
+    if label_selector:
+        params["labelSelector"] = label_selector
+    return params
+
+
+def next_page(page: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, str] | None:
+    """The parameters of the page after ``page``, or None after the last."""
+    token = (page.get("metadata") or {}).get("continue")
+    return {**params, "continue": token} if token else None
 
 
 def target(path: str, params: Mapping[str, str] | None) -> str:
     return f"{path}?{urlencode(params)}" if params else path
-
-
-def encode(body: Any) -> bytes | None:
-    return None if body is None else json.dumps(body).encode()
 
 
 def answer(method: str, path: str, status: int, body: bytes, retry_after: str | None) -> dict[str, Any]:
