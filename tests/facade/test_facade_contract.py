@@ -481,3 +481,19 @@ def test_an_agent_deleted_by_someone_else_is_not_served_from_memory(http: httpx.
     agents.delete("cost-1")  # kubectl delete, not through the facade
     assert http.get(f"/agents/{agent_id}").status_code == 404
     assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}).status_code == 404
+
+
+def test_a_phase_written_after_a_heartbeat_does_not_hide_the_report(http: httpx.Client, agents: Agents) -> None:
+    """The operator's write of the phase before a heartbeat can land after it (its first
+    initialisation of a new agent does): the object then holds the new report and the old
+    phase, and the index does not have it yet. The client still reads the status it wrote."""
+    agent_id = register(http, "cost-1")["agent_id"]
+    assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "degraded"}).status_code == 200
+    agents.api.merge_patch(agents.path("cost-1", "status"), {"status": {"phase": "Healthy"}})  # the late write
+    assert http.get(f"/agents/{agent_id}").json()["status"] == "degraded"
+    # A later judgement of the operator's own still shows: silence is the operator's to call.
+    agents.api.merge_patch(agents.path("cost-1", "status"), {"status": {"phase": "Unreachable"}})
+    assert http.get(f"/agents/{agent_id}").json()["status"] == "unreachable"
+    # And the agent's next heartbeat proves it reachable again at once.
+    assert http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"}).status_code == 200
+    assert http.get(f"/agents/{agent_id}").json()["status"] == "healthy"

@@ -28,7 +28,7 @@ from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
 from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
 from agent_registry.kubeapi import Unavailable
-from agent_registry.schema.agent import AgentStatus
+from agent_registry.schema.agent import AgentStatus, Phase
 from agent_registry.schema.rest import AgentView, agent_view_from_resource
 
 logger = logging.getLogger(__name__)
@@ -47,37 +47,45 @@ class Located:
 
 
 def view_of(resource: dict[str, Any]) -> AgentView | None:
-    """The REST view of an object, or None for one the registry cannot show (an invalid
-    spec, or no id yet: the operator does not index those either)."""
-    try:
-        view = agent_view_from_resource(resource)
-    except (ValidationError, ValueError):
-        return None
-    return view if view.id else None
+    """The REST view of an object from the API server, as the operator is about to index it,
+    or None for one the registry cannot show (an invalid spec, or no id yet: the operator
+    does not index those either).
+
+    The stored phase lags the agent's report by one operator round trip: an object read
+    just after a heartbeat and after an operator write of the phase before it (a
+    registration's initialisation landing after the first heartbeat) holds the new report
+    and the old phase. The operator indexes the phase the report maps to unless it judged
+    the agent Unreachable, so the view does the same; otherwise a client could read a
+    status older than the one it just wrote.
+    """
+    return _view(resource, reported_wins=False)
 
 
 def written_view(write: RecentWrite) -> AgentView | None:
     """The view of an object this process just wrote.
 
-    After a heartbeat the stored phase is still the one before it; the operator will set
-    the phase the agent reported (the agent just proved it is reachable), so show that
-    rather than make the client wait for the operator to read its own write back.
+    After a heartbeat the stored phase is still the one before it, Unreachable included;
+    the operator will set the phase the agent reported (the agent just proved it is
+    reachable), so show that rather than make the client wait for the operator to read
+    its own write back.
     """
     if not write.view_known:
-        write.view = _reported_view(write.resource)
+        write.view = None if write.resource is None else _view(write.resource, reported_wins=True)
         write.view_known = True
     view: AgentView | None = write.view
     return view
 
 
-def _reported_view(resource: dict[str, Any] | None) -> AgentView | None:
-    if resource is None:
+def _view(resource: dict[str, Any], *, reported_wins: bool) -> AgentView | None:
+    try:
+        view = agent_view_from_resource(resource)
+        status = AgentStatus.model_validate(resource.get("status") or {})
+    except (ValidationError, ValueError):
         return None
-    view = view_of(resource)
-    if view is None:
+    if not view.id:
         return None
-    status = AgentStatus.model_validate(resource.get("status") or {})
-    if status.reported_status is not None:
+    judged_unreachable = status.phase == Phase.UNREACHABLE and not reported_wins
+    if status.reported_status is not None and not judged_unreachable:
         view = view.model_copy(update={"status": status.reported_status.value})
     return view
 
