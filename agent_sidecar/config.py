@@ -14,6 +14,9 @@ Agent variables (prefix ``AGENT_``):
 ``AGENT_HEARTBEAT_INTERVAL_SECONDS``  default 30; heartbeats come 0-15 % sooner (jitter)
 ``AGENT_UNREACHABLE_AFTER_SECONDS``   optional; the schema's default (45) when unset
 ``AGENT_GC_AFTER_SECONDS``            optional; the schema's default (300) when unset
+``AGENT_STATUS_REFRESH_SECONDS``      default 300; the Agent's status is written when the
+                                      reported health changes and at least this often; every
+                                      other heartbeat only renews the agent's Lease
 ``AGENT_HEALTH_URL``                  default ``http://127.0.0.1:<AGENT_PORT>/health``
 ``AGENT_PROBE_TIMEOUT_SECONDS``       no answer within this: ``unhealthy``; default 2
 ``AGENT_PROBE_SLOW_SECONDS``          a 2xx slower than this: ``degraded``; default 1
@@ -130,6 +133,12 @@ class SidecarSettings(BaseSettings):
         ge=c.MIN_GC_AFTER_SECONDS,
         le=c.MAX_GC_AFTER_SECONDS,
         description=f"whole seconds from {c.MIN_GC_AFTER_SECONDS} to {c.MAX_GC_AFTER_SECONDS}",
+    )
+    status_refresh_seconds: int = Field(
+        default=300,
+        ge=c.MIN_INTERVAL_SECONDS,
+        le=c.MAX_UNREACHABLE_AFTER_SECONDS,
+        description=f"whole seconds from {c.MIN_INTERVAL_SECONDS} to {c.MAX_UNREACHABLE_AFTER_SECONDS}",
     )
     health_url: AnyHttpUrl | None = Field(default=None, description="an http or https URL")
     probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="seconds, more than 0, at most 60")

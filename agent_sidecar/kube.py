@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_TIMEOUT_SECONDS", "AgentApi", "ApiError"]
 
 
 class AgentApi:
-    """Agents and the one Pod the sidecar cares about, in one namespace."""
+    """Agents, their Leases and the one Pod the sidecar cares about, in one namespace."""
 
     def __init__(self, source: kubeapi.Source, namespace: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._api = SyncApi(kubeapi.connect(source), timeout=timeout, user_agent=FIELD_MANAGER)
@@ -43,6 +43,16 @@ class AgentApi:
         """Delete only the object that was looked at: another writer in between makes this a 409."""
         options = objects.delete_options(uid, resource_version)
         self._api.delete(paths.agents(self.namespace, name), options, timeout=timeout)
+
+    def renew_lease(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """One small write, no read first: a merge-patch (``schema.lease.renewal_patch``); 404 when missing."""
+        return self._api.merge_patch(paths.leases(self.namespace, name), patch, params=_MANAGED)
+
+    def create_lease(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._api.create(paths.leases(self.namespace), body, params=_MANAGED)
+
+    def delete_lease(self, name: str, timeout: float | None = None) -> None:
+        self._api.delete(paths.leases(self.namespace, name), objects.delete_options(), timeout=timeout)
 
     def whoami(self) -> str:
         """This client's Kubernetes username, from a SelfSubjectReview (allowed to every

@@ -30,6 +30,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_registry.kubeapi.objects import registered_by
+from agent_registry.schema import lease
+from agent_registry.schema.agent import ReportedStatus
+from agent_registry.schema.lease import build_lease
 from agent_sidecar.config import SidecarConfig
 from agent_sidecar.kube import DEFAULT_TIMEOUT_SECONDS, AgentApi, ApiError
 from agent_sidecar.logs import log
@@ -93,6 +96,10 @@ class Sidecar:
         self._trouble: tuple[int | None, float, int] | None = None  # (status, since, failed calls)
         self._waiting_for_deletion = False
         self._wrote_agent = False  # a create or adopt was sent, even if its answer never came
+        self._status_written: tuple[ReportedStatus, float] | None = (
+            None  # (reported, monotonic) of the last status write
+        )
+        self._lease_refused_until = 0.0
 
     @property
     def sequence(self) -> int:
@@ -251,18 +258,28 @@ class Sidecar:
             delay = max(delay, 0.0)
 
     def _beat(self, backoff: Backoff) -> float:
-        """Probe, heartbeat once; the time until the next heartbeat, counted from the start of this one."""
+        """Probe, heartbeat once; the time until the next heartbeat, counted from the start of this one.
+
+        A heartbeat renews the agent's Lease; the Agent's status is written only when the
+        reported health changes, at least every ``AGENT_STATUS_REFRESH_SECONDS``, and for
+        every heartbeat while the Lease cannot be used (see ``_lease_usable``)."""
         settings = self.config.settings
         result = probe(self.config.health_url, settings.probe_timeout_seconds, settings.probe_slow_seconds)
         self._note_health(result)
         self._sequence += 1  # even when the write fails: a sequence may skip, never repeat
-        heartbeat = build_heartbeat(datetime.now(UTC), self._sequence, result.status, self.source)
+        now = datetime.now(UTC)
         try:
-            self.api.patch_agent_status(self.name, heartbeat)
+            wrote_status = self._status_due(result.status)
+            if wrote_status:
+                self.api.patch_agent_status(self.name, build_heartbeat(now, self._sequence, result.status, self.source))
+                self._status_written = (result.status, time.monotonic())
+            renewed = self._lease_usable() and self._renew_lease(now)
+            if not renewed and not wrote_status:
+                self.api.patch_agent_status(self.name, build_heartbeat(now, self._sequence, result.status, self.source))
         except ApiError as error:
             if error.status == 404:
                 log(logging.WARNING, "the agent was deleted by someone else; creating it again", agent=self.name)
-                self._uid = None
+                self._forget_agent()
                 self.register()
                 return 0.0
             self._api_failed(error, "heartbeat")
@@ -272,6 +289,70 @@ class Sidecar:
         log(logging.DEBUG, "heartbeat", sequence=self._sequence, status=result.status.value)
         interval = self.config.interval_seconds
         return interval * random.uniform(1 - INTERVAL_JITTER, 1.0)
+
+    def _status_due(self, status: ReportedStatus) -> bool:
+        if self._status_written is None:
+            return True
+        reported, at = self._status_written
+        return reported != status or time.monotonic() - at >= self.config.settings.status_refresh_seconds
+
+    def _lease_usable(self) -> bool:
+        """False for a while after the API server refused the Lease (RBAC older than this
+        sidecar, or the owner rule without a known username): heartbeats then patch the
+        Agent's status, as older sidecars do, and the Lease is tried again later."""
+        return time.monotonic() >= self._lease_refused_until
+
+    def _renew_lease(self, now: datetime) -> bool:
+        """Renew (or create) the Lease; False when the API server refuses it (403)."""
+        spec = lease.renewal(self.source, self.config.spec.heartbeat.unreachable_after_seconds, now)
+        name = lease.lease_name(self.name)
+        uid = self._uid or ""
+        try:
+            try:
+                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec))
+                return True
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+            # No Lease: first heartbeat, or deleted. If the Agent went too (the garbage
+            # collector deletes the Lease with it), the 404 makes the caller register again.
+            agent = self.api.get_agent(self.name)
+            if agent is None or agent["metadata"]["uid"] != uid:
+                raise ApiError(404, "NotFound", f"agent {self.name} is gone")
+            try:
+                self.api.create_lease(build_lease(self.config.namespace, self.name, uid, spec, self._identity))
+                log(logging.INFO, "created the agent's Lease", agent=self.name, lease=name)
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec))  # created meanwhile
+            return True
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            self._lease_refused_until = time.monotonic() + self.config.settings.status_refresh_seconds
+            log(
+                logging.WARNING,
+                "the API server refuses the agent's Lease; heartbeats patch the Agent's status instead "
+                "(grant the sidecar's Role get/create/patch on leases: see the chart's RBAC)",
+                lease=name,
+                error=str(error),
+                retry_in_seconds=self.config.settings.status_refresh_seconds,
+            )
+            return False
+
+    def _delete_lease(self, timeout: float) -> None:
+        """Best effort, after the Agent: left behind, the Lease would hold this identity's
+        name until the garbage collector comes, and the next agent of the name could not renew it."""
+        try:
+            self.api.delete_lease(lease.lease_name(self.name), timeout=timeout)
+        except ApiError as error:
+            if error.status != 404:
+                log(logging.INFO, "left the agent's Lease to the garbage collector", error=str(error))
+
+    def _forget_agent(self) -> None:
+        self._uid = None
+        self._status_written = None
 
     def _note_health(self, result: ProbeResult) -> None:
         state = (result.status.value, result.reason)
@@ -353,6 +434,7 @@ class Sidecar:
                     return EXIT_OK
                 meta = agent["metadata"]
                 self.api.delete_agent(self.name, meta["uid"], meta["resourceVersion"], timeout=timeout)
+                self._delete_lease(timeout)
                 log(logging.INFO, "deregistered: deleted the agent", agent=self.name, uid=meta["uid"])
                 return EXIT_OK
             except ApiError as error:

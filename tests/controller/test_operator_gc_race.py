@@ -58,9 +58,17 @@ def operator_in_thread(settings: OperatorSettings, before_delete: BeforeDelete) 
     assert not failures, failures
 
 
+@pytest.mark.parametrize("by_lease", [False, True], ids=["status-heartbeat", "lease-renewal"])
 def test_heartbeat_racing_the_delete_keeps_the_agent(
-    controlplane: LocalControlPlane, namespace: str, redis_url: str, agents: Agents, monkeypatch: pytest.MonkeyPatch
+    controlplane: LocalControlPlane,
+    namespace: str,
+    redis_url: str,
+    agents: Agents,
+    monkeypatch: pytest.MonkeyPatch,
+    by_lease: bool,
 ) -> None:
+    """A status heartbeat changes the Agent's resourceVersion, a renewal the Lease's: either
+    makes the precondition of the collecting delete fail."""
     monkeypatch.setenv("KUBECONFIG", str(controlplane.kubeconfig))  # both kopf and the operator's client
     settings = OperatorSettings(
         namespaces=[namespace],
@@ -74,12 +82,15 @@ def test_heartbeat_racing_the_delete_keeps_the_agent(
 
     async def heartbeat_now(agent: TrackedAgent) -> None:
         if not raced:  # only the first attempt races; later ones may delete
-            agents.heartbeat(agent.name)
+            (agents.renew if by_lease else agents.heartbeat)(agent.name)
             raced.append(agent.name)
 
     with operator_in_thread(settings, heartbeat_now):
         agents.create("racer", **FAST)
         wait_for("Healthy", lambda: agents.phase("racer") == "Healthy")
+        if by_lease:
+            agents.renew("racer")
+            wait_for("the Lease seen", lambda: agents.lease("racer") is not None)
         wait_for("the delete raced by a heartbeat", lambda: raced, timeout=20)
         wait_for("RemovalCancelled event", lambda: "RemovalCancelled" in agents.reasons("racer"))
         assert agents.get("racer") is not None, "the heartbeat lost the race"

@@ -84,11 +84,14 @@ async def test_a_failed_probe_blinds_the_scope_until_an_answer_brings_a_fresh_gr
     assert regained == [("team-a", -1.0), ("team-a", pytest.approx(12.1))]
     # The API server answers, but judging waits for the watch to deliver again...
     assert sight.seen_until("team-a") is None
-    sight.watch_delivered("team-b")
+    sight.watch_delivered("team-b", "agents")
     assert sight.seen_until("team-a") is None
-    sight.watch_delivered("team-a")
-    # ...which brings one more fresh grace period.
+    sight.watch_delivered("team-a", "agents")
+    # ...each watch: the Agents' and the Leases', each bringing one more fresh grace period.
     assert regained[-1] == ("team-a", -1.0) and len(regained) == 3
+    assert sight.seen_until("team-a") is None
+    sight.watch_delivered("team-a", "leases")
+    assert regained[-1] == ("team-a", -1.0) and len(regained) == 4
     assert sight.seen_until("team-a") == 122.0
 
 
@@ -121,7 +124,8 @@ async def test_a_probe_unanswered_for_the_gap_blinds_before_it_returns(clock: Cl
     await task
     # A slow answer still counts as a gap: writers were probably failing meanwhile.
     assert regained == [("team-a", -1.0), ("team-a", pytest.approx(2.6))]
-    sight.watch_delivered("team-a")
+    sight.watch_delivered("team-a", "agents")
+    sight.watch_delivered("team-a", "leases")
     assert sight.seen_until("team-a") == 110.0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_registry.controller.conditions import build_conditions
-from agent_registry.controller.tracker import Tracker
+from agent_registry.controller.tracker import LeaseSeen, Tracker
 from agent_registry.schema.agent import Phase
 
 TIMING = {"intervalSeconds": 1, "unreachableAfterSeconds": 3, "gcAfterSeconds": 10}
@@ -187,3 +187,58 @@ def test_leaving_self_preservation_gives_the_still_silent_a_fresh_gc_after() -> 
     # The exit came when three of six were back (33.5); "a5" went gc-after (10 s) later, once.
     assert exited_at == 33.5
     assert deleted_at == 44.5
+
+
+# --- Lease renewals -----------------------------------------------------------------------------
+
+
+def seen(agent_uid: str, signature: str, rv: str = "1") -> LeaseSeen:
+    return LeaseSeen(agent_uid=agent_uid, name="agent-a", uid="lease-uid", resource_version=rv, signature=signature)
+
+
+def test_a_lease_renewal_is_a_heartbeat_on_the_operators_clock() -> None:
+    tracker = Tracker()
+    tracker.observe(body("a"), now=0.0)
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t1"), now=2.0) is not None
+    assert tracker.sweep(now=4.0).became_unreachable == []  # heard at 2.0, unreachable after 3
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t2"), now=4.5) is not None
+    assert tracker.sweep(now=7.0).became_unreachable == []
+    assert [a.name for a in tracker.sweep(now=8.0).became_unreachable] == ["a"]
+
+
+def test_the_same_lease_seen_again_is_no_renewal() -> None:
+    """A re-listing after a watch reconnect shows every Lease again, unchanged."""
+    tracker = Tracker()
+    tracker.observe(body("a"), now=0.0)
+    tracker.observe_lease("ns", "a", seen("uid-a", "t1"), now=1.0)
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t1", rv="1"), now=3.0) is None
+    assert [a.name for a in tracker.sweep(now=4.5).became_unreachable] == ["a"]
+
+
+def test_a_lease_of_an_earlier_agent_of_the_same_name_does_not_count() -> None:
+    tracker = Tracker()
+    tracker.observe(body("a"), now=0.0)
+    assert tracker.observe_lease("ns", "a", seen("uid-of-a-deleted-agent", "t1"), now=2.0) is None
+    assert [a.name for a in tracker.sweep(now=3.5).became_unreachable] == ["a"]
+
+
+def test_a_lease_seen_before_its_agent_is_kept_for_it() -> None:
+    tracker = Tracker()
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t1"), now=0.0) is None
+    tracker.observe(body("a"), now=0.5)
+    agent = tracker.agents[("ns", "a")]
+    assert agent.lease is not None and agent.lease.signature == "t1"
+    # So the same Lease, delivered again, is not mistaken for a renewal.
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t1"), now=1.0) is None
+
+
+def test_a_renewal_ends_unreachable_and_a_deleted_lease_is_forgotten() -> None:
+    tracker = Tracker()
+    tracker.observe(body("a"), now=0.0)
+    tracker.observe_lease("ns", "a", seen("uid-a", "t1"), now=0.0)
+    agent = tracker.sweep(now=4.0).became_unreachable[0]
+    agent.phase = Phase.UNREACHABLE  # as the sweeper's write does
+    assert tracker.observe_lease("ns", "a", seen("uid-a", "t2"), now=5.0) is agent
+    assert agent.unreachable_since is None and tracker.desired_phase(agent) == Phase.HEALTHY
+    tracker.lease_gone("ns", "a", "lease-uid")
+    assert agent.lease is None

@@ -288,6 +288,8 @@ OPERATOR_AGENT_RULES = {
     (AGENTS, "agents", "get"), (AGENTS, "agents", "list"), (AGENTS, "agents", "watch"),
     (AGENTS, "agents", "patch"), (AGENTS, "agents", "delete"), (AGENTS, "agents", "override"),
     (AGENTS, "agents/status", "patch"),
+    ("coordination.k8s.io", "leases", "list"), ("coordination.k8s.io", "leases", "watch"),
+    ("coordination.k8s.io", "leases", "delete"),
     ("", "events", "create"),
 }  # fmt: skip
 KOPF_CLUSTER_RULES = {
@@ -302,7 +304,9 @@ LEADER_RULES = {
     ("coordination.k8s.io", "leases", "update"), ("", "events", "create"),
 }  # fmt: skip
 FACADE_AGENT_RULES = {(AGENTS, "agents", v) for v in ("get", "list", "create", "patch", "delete", "override")} | {
-    (AGENTS, "agents/status", "patch")
+    (AGENTS, "agents/status", "patch"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "patch"),
 }
 FACADE_AUTH_RULES = {
     ("authentication.k8s.io", "tokenreviews", "create"),

@@ -192,7 +192,8 @@ def test_heartbeat_answers_the_contract_and_patches_only_heartbeat_fields(
     before = agents.get("cost-1")
     assert before is not None
 
-    response = http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"})
+    # A report that differs from what the registry shows is written to the Agent's status.
+    response = http.post(f"/agents/{agent_id}/heartbeat", json={"status": "degraded"})
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -211,6 +212,46 @@ def test_heartbeat_answers_the_contract_and_patches_only_heartbeat_fields(
     # fields (phase, conditions, observedGeneration), only registration and heartbeat fields.
     assert facade_status_fields(after) <= REGISTRATION_AND_HEARTBEAT_FIELDS
     assert {"lastHeartbeatTime", "heartbeatSequence", "reportedStatus"} <= facade_status_fields(after)
+
+
+def test_a_heartbeat_that_changes_nothing_renews_the_lease_only(
+    operator: OperatorProcess, http: httpx.Client, agents: Agents
+) -> None:
+    agent_id = register(http, "cost-1")["agent_id"]
+    wait_for("Healthy", phase_is(agents, "cost-1", "Healthy"))
+    before = agents.get("cost-1")
+    assert before is not None
+    seen_before = rfc3339(http.get(f"/agents/{agent_id}").json()["last_seen"])
+
+    response = http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["next_interval_seconds"] == 30
+    renewed = agents.lease("cost-1")
+    assert renewed is not None, "the first heartbeat creates the agent's Lease"
+    assert renewed["spec"]["holderIdentity"] == "rest"
+    assert renewed["spec"]["leaseDurationSeconds"] == 45
+    assert [(r["kind"], r["name"], r["uid"]) for r in renewed["metadata"]["ownerReferences"]] == [
+        ("Agent", "cost-1", before["metadata"]["uid"])
+    ]
+    after = agents.get("cost-1")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "the Agent was written"
+    # Read-your-writes: the renewal moves last_seen at once, and the operator counts it.
+    assert rfc3339(http.get(f"/agents/{agent_id}").json()["last_seen"]) > seen_before
+
+    http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy"})
+    again = agents.lease("cost-1")
+    assert again is not None and again["spec"]["renewTime"] > renewed["spec"]["renewTime"]
+    # New metadata is a change: written once to the status, then renewals again.
+    http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy", "metadata": {"load": 1}})
+    changed = agents.get("cost-1")
+    assert changed is not None and changed["status"]["reportedMetadata"] == {"load": 1}
+    http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy", "metadata": {"load": 1}})
+    wait_for("the index", reads_back(http, agent_id, metadata={"load": 1}))
+    http.post(f"/agents/{agent_id}/heartbeat", json={"status": "healthy", "metadata": {"load": 1}})
+    final = agents.get("cost-1")
+    assert final is not None and final["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
 
 
 def test_heartbeat_status_drives_the_phase(operator: OperatorProcess, http: httpx.Client, agents: Agents) -> None:

@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent_registry import kubeapi
 from agent_registry.kubeapi import paths
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.launcher import OperatorProcess
+from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
+from agent_registry.schema import lease
 
 
 def key_prefix(namespace: str) -> str:
@@ -96,6 +99,50 @@ class Agents:
         }
         self.api.merge_patch(self.path(name, "status"), body, timeout=timeout)
 
+    def renew(self, name: str, skew: timedelta = timedelta(0), timeout: float | None = None) -> None:
+        """What a sidecar's heartbeat writes now: a renewal of the agent's Lease, created
+        (owned by the Agent) when missing. ``renewTime`` is on the writer's clock, ``skew`` off."""
+        spec = lease.renewal("test", 3, datetime.now(UTC) + skew)
+        agent = self.get(name)
+        assert agent is not None, f"no Agent {name}"
+        uid = agent["metadata"]["uid"]
+        try:
+            self.api.merge_patch(self.lease_path(name), lease.renewal_patch(name, uid, spec), timeout=timeout)
+        except kubeapi.NotFound:
+            body = lease.build_lease(self.namespace, name, uid, spec)
+            self.api.create(paths.leases(self.namespace), body, timeout=timeout)
+
+    def lease_path(self, name: str) -> str:
+        return paths.leases(self.namespace, lease.lease_name(name))
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        return self.api.get(self.lease_path(name))
+
+    def renew_time(self, name: str) -> str | None:
+        """The agent's Lease's ``renewTime``, None without a Lease."""
+        found = self.lease(name)
+        return ((found or {}).get("spec") or {}).get("renewTime")
+
+    def beat_marker(self, name: str) -> tuple[int, str]:
+        """Changes with every heartbeat, whichever way it came: the status's sequence, the Lease's renewTime."""
+        status = (self.get(name) or {}).get("status") or {}
+        return int(status.get("heartbeatSequence") or 0), self.renew_time(name) or ""
+
+    def wait_beats(self, name: str, count: int = 1, timeout: float = 30) -> None:
+        """Wait until ``count`` more heartbeats of ``name`` have landed (as Lease renewals or status patches)."""
+        seen = [self.beat_marker(name)]
+
+        def more() -> bool:
+            current = self.beat_marker(name)
+            if current != seen[-1]:
+                seen.append(current)
+            return len(seen) > count
+
+        wait_for(f"{count} more heartbeats of {name}", more, timeout=timeout)
+
+    def delete_lease(self, name: str) -> None:
+        self.api.delete(self.lease_path(name))
+
     def delete(self, name: str) -> None:
         self.api.delete(self.path(name))
 
@@ -109,10 +156,14 @@ class Agents:
 
 
 class HeartbeatPump:
-    """Heartbeats a set of agents every ``interval`` seconds from a thread, like sidecars."""
+    """Heartbeats a set of agents every ``interval`` seconds from a thread, like sidecars:
+    status patches as older writers do, or Lease renewals with ``by_lease``."""
 
-    def __init__(self, agents: Agents, names: Iterable[str], interval: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, agents: Agents, names: Iterable[str], interval: float = 0.5, by_lease: bool = False, **kwargs: Any
+    ) -> None:
         self.agents = agents
+        self.beat = agents.renew if by_lease else agents.heartbeat
         self.names = set(names)
         self.interval = interval
         self.kwargs = kwargs
@@ -124,7 +175,7 @@ class HeartbeatPump:
         while not self._stop.is_set():
             for name in list(self.names):
                 try:
-                    self.agents.heartbeat(name, **self.kwargs)
+                    self.beat(name, **self.kwargs)
                 except Exception as exc:
                     self.errors.append(exc)
             self._stop.wait(self.interval)

@@ -30,22 +30,9 @@ def fast_facade(make_facade: Callable[..., FacadeProcess]) -> FacadeProcess:
     return make_facade(timings=FAST_TIMINGS)
 
 
-def sequence(agents: Agents, name: str) -> int:
-    obj = agents.get(name)
-    return int(((obj or {}).get("status") or {}).get("heartbeatSequence") or 0)
-
-
 def heartbeats_arrive(agents: Agents, name: str, count: int = 2, timeout: float = 20) -> None:
-    """Wait until ``count`` more heartbeats have been written into the Agent."""
-    seen = [sequence(agents, name)]
-
-    def more() -> bool:
-        current = sequence(agents, name)
-        if current != seen[-1]:
-            seen.append(current)
-        return len(seen) > count
-
-    wait_for(f"{count} heartbeats of {name}", more, timeout=timeout)
+    """Wait until ``count`` more heartbeats have landed (Lease renewals, or status patches)."""
+    agents.wait_beats(name, count, timeout)
 
 
 def agent_id_of(agents: Agents, name: str) -> str | None:
@@ -149,9 +136,8 @@ def test_heartbeats_survive_a_registry_outage(
         caplog.set_level(logging.WARNING, logger="agent_sidecar.client")
         assert first.stop() == 0
         wait_for("a failed heartbeat", lambda: any("heartbeat of cost-1 failed" in r.message for r in caplog.records))
-        before = sequence(agents, "cost-1")
         make_facade(port=first.port, timings=FAST_TIMINGS)  # the same address, like a restarted Service
-        wait_for("heartbeats to resume", lambda: sequence(agents, "cost-1") > before, timeout=30)
+        heartbeats_arrive(agents, "cost-1", count=1, timeout=30)
         assert registration.running
     finally:
         registration.unregister()
@@ -215,8 +201,8 @@ async def test_the_asyncio_variant(operator: OperatorProcess, fast_facade: Facad
 
     async with AsyncAgentRegistration("async-1", "cost", "h", 1, ["x"], fast_facade.url) as registration:
         first_id = registration.agent_id
-        start = sequence(agents, "async-1")
-        await wait("heartbeats", lambda: sequence(agents, "async-1") > start)
+        start = agents.beat_marker("async-1")
+        await wait("heartbeats", lambda: agents.beat_marker("async-1") != start)
         await wait("Healthy", lambda: agents.phase("async-1") == "Healthy")
         assert await registration.send_heartbeat("degraded", {"queue": 3}) is True
 

@@ -30,6 +30,7 @@ from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
+from agent_registry.schema import lease
 from facade_harness import assert_error, registration
 from fake_agent import FakeAgent
 from repo import CHART_DIR, SIDECAR_ROLE
@@ -329,13 +330,20 @@ def sequence(world: World, name: str) -> int:
     return int(((world.get("agent", name) or {}).get("status") or {}).get("heartbeatSequence") or 0)
 
 
+def renew_time(world: World, agent_name: str) -> str:
+    return str(((world.get("lease", lease.lease_name(agent_name)) or {}).get("spec") or {}).get("renewTime") or "")
+
+
 def test_the_sidecar_records_its_identity_and_does_not_adopt_another_identitys_agent(
     world: World, start_sidecar: Callable[[Identity, str], SidecarProcess]
 ) -> None:
     a, b = world.identity("agent-a"), world.identity("agent-b")
     sidecar_b = start_sidecar(b, "cost-b")
-    wait_for("sidecar B's heartbeats", lambda: sequence(world, "cost-b") > 1, timeout=30)
+    wait_for(
+        "sidecar B's heartbeats", lambda: sequence(world, "cost-b") > 0 and renew_time(world, "cost-b"), timeout=30
+    )
     assert world.owner_of("agent", "cost-b") == b.username
+    assert world.owner_of("lease", lease.lease_name("cost-b")) == b.username
 
     # A sidecar configured (by mistake or malice) with B's agent name cannot take it over.
     sidecar_a = start_sidecar(a, "cost-b")
@@ -348,8 +356,8 @@ def test_the_sidecar_records_its_identity_and_does_not_adopt_another_identitys_a
     assert entry["registered_by"] == b.username
     assert entry["identity"] == a.username
     assert sidecar_a.running  # it keeps retrying, in case the name frees up
-    before = sequence(world, "cost-b")
-    wait_for("B to keep heartbeating", lambda: sequence(world, "cost-b") > before + 1, timeout=30)
+    before = renew_time(world, "cost-b")
+    wait_for("B to keep heartbeating", lambda: renew_time(world, "cost-b") > before, timeout=30)
     assert world.owner_of("agent", "cost-b") == b.username
     assert len([e for e in sidecar_a.entries() if e["msg"].startswith("cannot adopt")]) == 1  # once, not per retry
 
@@ -357,6 +365,8 @@ def test_the_sidecar_records_its_identity_and_does_not_adopt_another_identitys_a
     sidecar_b.send_signal(signal.SIGTERM)
     assert sidecar_b.wait() == 0
     wait_for("A to register the freed name", lambda: world.owner_of("agent", "cost-b") == a.username, timeout=60)
+    # B took its Lease along, so A's heartbeats renew a Lease of its own.
+    wait_for("A's Lease", lambda: world.owner_of("lease", lease.lease_name("cost-b")) == a.username, timeout=30)
     sidecar_a.send_signal(signal.SIGTERM)
     assert sidecar_a.wait() == 0
     assert world.get("agent", "cost-b") is None

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from accounts import Accounts
+from accounts import Accounts, user
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import InClusterAccount, SidecarProcess
@@ -152,15 +152,35 @@ def test_registers_with_owner_reference_and_heartbeats(
     assert agent["metadata"]["annotations"][f"{c.GROUP}/node-name"] == "node-a"
 
     first = agents.wait_heartbeats_beyond("cost-agent", 0)
-    later = agents.wait_heartbeats_beyond("cost-agent", first["heartbeatSequence"] + 2)
-    assert later["lastHeartbeatTime"] > first["lastHeartbeatTime"]
     # Only the heartbeat fields: phase and conditions are the operator's.
-    assert set(later) == HEARTBEAT_FIELDS
-    assert later["heartbeatSource"] == "sidecar/cost-agent-pod"
-    assert later["reportedStatus"] == "healthy"
+    assert set(first) == HEARTBEAT_FIELDS
+    assert first["heartbeatSource"] == "sidecar/cost-agent-pod"
+    assert first["reportedStatus"] == "healthy"
+    # Then every heartbeat renews the agent's Lease, and the Agent is not written while
+    # the health stays the same.
+    wait_for("the Lease", lambda: agents.lease("cost-agent"))
+    written = agents.get("cost-agent")
+    assert written is not None
+    agents.wait_beats("cost-agent", 3)
+    lease = agents.lease("cost-agent")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "sidecar/cost-agent-pod"
+    assert lease["spec"]["leaseDurationSeconds"] == 5
+    assert lease["metadata"]["labels"] == {c.AGENT_LEASE_LABEL: "cost-agent"}
+    assert [(r["kind"], r["uid"]) for r in lease["metadata"]["ownerReferences"]] == [
+        ("Agent", agent["metadata"]["uid"])
+    ]
+    unchanged = agents.get("cost-agent")
+    assert unchanged is not None
+    assert unchanged["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
     assert sidecar.running
     # One line per state change, none per heartbeat.
-    assert sidecar.messages() == ["starting", "registered: created the agent", "agent health changed"]
+    assert sidecar.messages() == [
+        "starting",
+        "registered: created the agent",
+        "agent health changed",
+        "created the agent's Lease",
+    ]
 
 
 def test_without_a_pod_it_registers_without_owner(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
@@ -197,8 +217,12 @@ def test_reported_status_follows_the_agents_health(
 # -- adopting ----------------------------------------------------------------------------------
 
 
-def test_adopts_an_existing_agent(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
-    old_owner = {"apiVersion": "v1", "kind": "Pod", "name": "old-pod", "uid": "00000000-0000-0000-0000-000000000001"}
+def test_adopts_an_existing_agent(
+    run_sidecar: RunSidecar, agents: SidecarAgents, controlplane: LocalControlPlane, namespace: str
+) -> None:
+    # A real Pod: an owner that does not exist would have the garbage collector delete the Agent.
+    old_uid = create_pod(controlplane, namespace, "old-pod")
+    old_owner = {"apiVersion": "v1", "kind": "Pod", "name": "old-pod", "uid": old_uid}
     existing = agents.create(
         "cost-agent",
         host="10.9.9.9",
@@ -241,7 +265,8 @@ def test_recovers_when_the_api_server_comes_back(
     run_sidecar: RunSidecar, agents: SidecarAgents, controlplane: LocalControlPlane
 ) -> None:
     sidecar = run_sidecar()
-    before = agents.wait_heartbeats_beyond("cost-agent", 2)["heartbeatSequence"]
+    agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_beats("cost-agent", 2)
 
     controlplane.stop_apiserver()
     try:
@@ -250,8 +275,7 @@ def test_recovers_when_the_api_server_comes_back(
     finally:
         controlplane.start_apiserver()
 
-    after = agents.wait_heartbeats_beyond("cost-agent", before + 1)
-    assert after["heartbeatSequence"] > before
+    agents.wait_beats("cost-agent", 2)
     assert sidecar.running
     messages = sidecar.messages()
     assert "kubernetes API call failing; retrying with backoff" in messages
@@ -261,8 +285,12 @@ def test_recovers_when_the_api_server_comes_back(
 
 
 def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
-    sidecar = run_sidecar()
-    agents.wait_heartbeats_beyond("cost-agent", 1)
+    """Renewals of the Lease left behind succeed (no operator, and the garbage collector may
+    not know the CRD yet); the next status write, at the latest the slow refresh, finds the
+    Agent gone."""
+    sidecar = run_sidecar(status_refresh_seconds=3)
+    agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_beats("cost-agent", 1)
     first = agents.get("cost-agent")
     assert first is not None
 
@@ -283,7 +311,8 @@ def test_recreates_the_agent_when_someone_deletes_it(run_sidecar: RunSidecar, ag
 
 def test_sigterm_deletes_the_agent_and_exits_zero(run_sidecar: RunSidecar, agents: SidecarAgents) -> None:
     sidecar = run_sidecar()
-    agents.wait_heartbeats_beyond("cost-agent", 1)
+    agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_beats("cost-agent", 1)
 
     sidecar.send_signal(signal.SIGTERM)
 
@@ -357,15 +386,53 @@ def test_minimal_role_with_a_service_account(
         pod_name="cost-agent-pod",
         pod_uid=pod_uid,  # so no permission to read pods is needed
     )
-    agents.wait_heartbeats_beyond("cost-agent", 1)
+    agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_beats("cost-agent", 2)
     agent = agents.get("cost-agent")
     assert agent is not None
     assert agent["metadata"]["ownerReferences"][0]["uid"] == pod_uid
+    lease = agents.lease("cost-agent")
+    assert lease is not None
+    assert lease["metadata"]["annotations"][c.REGISTERED_BY_ANNOTATION] == user(namespace, "cost-agent")
 
     sidecar.send_signal(signal.SIGTERM)
     assert sidecar.wait() == 0
     assert agents.get("cost-agent") is None
     assert not [e for e in sidecar.entries() if e["level"] in ("warning", "error")], sidecar.logs()
+
+
+def test_a_role_without_leases_falls_back_to_status_heartbeats(
+    run_sidecar: RunSidecar,
+    agents: SidecarAgents,
+    controlplane: LocalControlPlane,
+    accounts: Accounts,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """An upgrade that runs this sidecar under an older Role: the agent stays alive by status
+    heartbeats, as before Leases, and the log says what to grant."""
+    token = accounts.token("cost-agent")
+    accounts.grant(
+        "cost-agent",
+        [
+            {"apiGroups": [c.GROUP], "resources": ["agents"], "verbs": ["get", "create", "patch", "delete"]},
+            {"apiGroups": [c.GROUP], "resources": ["agents/status"], "verbs": ["patch"]},
+        ],
+    )
+    account = InClusterAccount.mount(
+        tmp_path / "serviceaccount",
+        token=token,
+        ca_file=controlplane.ca_file,
+        namespace=namespace,
+        host=LOOPBACK,
+        port=controlplane.apiserver_port,
+    )
+    sidecar = run_sidecar(kubeconfig=None, namespace=None, in_cluster=account, pod_name=None)
+    first = agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_heartbeats_beyond("cost-agent", first["heartbeatSequence"] + 2)
+    assert agents.lease("cost-agent") is None
+    refused = [e for e in sidecar.entries() if e["msg"].startswith("the API server refuses the agent's Lease")]
+    assert len(refused) == 1, sidecar.logs()
 
 
 # -- the pieces, without a cluster -------------------------------------------------------------

@@ -11,10 +11,16 @@
 - apiGroups: ["registry.optiinfra.io"]
   resources: ["agents"]
   verbs: ["get", "list", "create", "patch", "delete", "override"]
-# Application: REST heartbeats are the same status merge-patch the sidecar writes.
+# Application: a REST heartbeat writes the status (the same merge-patch the sidecar
+# writes) when the report changes, or if Leases are refused.
 - apiGroups: ["registry.optiinfra.io"]
   resources: ["agents/status"]
   verbs: ["patch"]
+# Application: every other REST heartbeat renews the agent's Lease (a merge-patch, no
+# read), creating it on the first heartbeat.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{- define "agent-registry.facadeEnv" -}}

@@ -1,10 +1,12 @@
-"""kopf handlers: framework settings, lifecycle, and the one watch-event handler.
+"""kopf handlers: framework settings, lifecycle, and the two watch-event handlers (Agents,
+and agents' Leases).
 
-Only ``@kopf.on.event`` watches Agents. kopf's change-detecting handlers (on.create,
+Only ``@kopf.on.event`` watches Agents and Leases. kopf's change-detecting handlers (on.create,
 on.update) keep a diff-base annotation and progress annotations on each object, and
 timers/daemons add a finalizer; an event handler needs neither. So kopf never writes
-an annotation or a finalizer on an Agent: a heartbeat costs one status patch by the
-agent and no write by the operator unless the phase changes, and `kubectl delete agent`
+an annotation or a finalizer on an Agent: a heartbeat costs one Lease renewal by the
+agent (or one status patch, from an older writer) and no write by the operator unless the
+phase changes, and `kubectl delete agent`
 completes while the operator is down.
 """
 
@@ -20,6 +22,7 @@ import kopf
 
 from agent_registry import kubeapi
 from agent_registry.controller import metrics
+from agent_registry.controller.announce import announce
 from agent_registry.controller.initialisation import (
     agent_id_for,
     decide_initialisation,
@@ -30,10 +33,15 @@ from agent_registry.controller.kube import agent_reference, now_rfc3339
 from agent_registry.controller.runtime import Runtime
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sweeper import BeforeDelete
+from agent_registry.controller.tracker import LeaseSeen
 from agent_registry.schema import constants as c
-from agent_registry.schema.agent import AgentSpec, Phase
+from agent_registry.schema import lease
+from agent_registry.schema.agent import AgentSpec
 
 logger = logging.getLogger(__name__)
+
+LEASE_GROUP, LEASE_VERSION = lease.API_VERSION.split("/")
+LEASE_PLURAL = "leases"
 
 
 def operator_memo(settings: OperatorSettings, before_delete: BeforeDelete | None = None) -> kopf.Memo:
@@ -56,6 +64,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = config.watch_server_timeout_seconds + 60
     settings.watching.inactivity_timeout = config.watch_inactivity_timeout_seconds
     settings.watching.chunk_size = config.watch_chunk_size
+    # Only agents' Leases, filtered by the API server, not by kopf after receiving them all.
+    settings.watching.label_selectors[LEASE_GROUP, LEASE_PLURAL] = c.AGENT_LEASE_LABEL
     # kopf would turn its own log lines into k8s Events; at shutdown with thousands of
     # in-flight handlers that is thousands of "cancelled" Events and a slow exit. Our
     # handler never raises, and every Event worth posting is posted by us.
@@ -119,7 +129,7 @@ def probe_agents(memo: kopf.Memo, **_: Any) -> int:
 async def agent_event(event: kopf.RawEvent, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     started = time.monotonic()
-    runtime.sight.watch_delivered(str(body.get("metadata", {}).get("namespace", "")))
+    runtime.sight.watch_delivered(str(body.get("metadata", {}).get("namespace", "")), "agents")
     try:
         await _handle(runtime, event, dict(body), patch)
     except Exception as exc:
@@ -136,12 +146,47 @@ async def agent_event(event: kopf.RawEvent, body: kopf.Body, patch: kopf.Patch, 
         metrics.EVENT_LAG.observe(time.monotonic() - started)
 
 
+@kopf.on.event(LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL, labels={c.AGENT_LEASE_LABEL: kopf.PRESENT})
+async def lease_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An agent's Lease changed: a renewal is a heartbeat (``schema.lease``). Only Leases
+    with the agent label are watched at all (a server-side selector, set in ``configure``):
+    node and leader-election Leases renew all the time and are none of the operator's business."""
+    runtime: Runtime = memo["runtime"]
+    namespace = str(body.get("metadata", {}).get("namespace", ""))
+    runtime.sight.watch_delivered(namespace, "leases")
+    owner = lease.owning_agent(body)
+    if owner is None:
+        return
+    agent_name, agent_uid = owner
+    meta = body.get("metadata", {})
+    if event.get("type") == "DELETED":
+        runtime.tracker.lease_gone(namespace, agent_name, str(meta.get("uid", "")))
+        return
+    seen = LeaseSeen(
+        agent_uid=agent_uid,
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        signature=lease.renewal_signature(body),
+    )
+    agent = runtime.tracker.observe_lease(namespace, agent_name, seen, time.monotonic())
+    if agent is not None:
+        metrics.HEARTBEATS.inc()
+        runtime.sweeper.renewed(agent)
+
+
 async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], patch: kopf.Patch) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     if event.get("type") == "DELETED":
-        if runtime.tracker.forget(namespace, name) is not None:
+        gone = runtime.tracker.forget(namespace, name)
+        if gone is not None:
             logger.info("agent %s/%s deleted", namespace, name)
+            if gone.lease is not None and runtime.is_leader():
+                # The garbage collector would delete it too, but only once it knows the CRD
+                # and gets to it; until the Lease is gone its writer keeps renewing it and
+                # does not learn that its Agent went (its next renewal's 404 tells it).
+                runtime.writes.start(gone.key, runtime.sweeper.delete_lease(gone.namespace, gone.lease))
         runtime.index_forget(namespace, name)
         return
     if meta.get("deletionTimestamp"):
@@ -186,24 +231,9 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     if observation.phase_changed:
         patch.status.update(phase_status(agent, desired, now))
         agent.phase = desired
-        await _announce(runtime, ref, observation.previous_phase, desired, observation.recovered)
+        await announce(runtime.kube.post_event, ref, observation.previous_phase, desired, observation.recovered)
     elif agent.generation != status.get("observedGeneration"):
         patch.status["observedGeneration"] = agent.generation
-
-
-async def _announce(runtime: Runtime, ref: dict[str, str], before: Phase | None, after: Phase, recovered: bool) -> None:
-    metrics.TRANSITIONS.labels(from_phase=str(before), to_phase=after.value).inc()
-    where = f"{ref['namespace']}/{ref['name']}"
-    if recovered:
-        logger.info("agent %s recovered: %s -> %s", where, before, after.value)
-        await runtime.kube.post_event(ref, "Normal", "Recovered", f"Heartbeats resumed; phase {after.value}.")
-    elif after == Phase.UNREACHABLE:
-        # An agent seen Unreachable again in a fresh body keeps its phase; announced by the sweeper.
-        return
-    else:
-        kind = "Normal" if after == Phase.HEALTHY else "Warning"
-        logger.info("agent %s phase %s -> %s", where, before, after.value)
-        await runtime.kube.post_event(ref, kind, after.value, f"The agent reports {after.value.lower()}.")
 
 
 class SteadyBackoffs:

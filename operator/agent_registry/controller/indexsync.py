@@ -68,6 +68,15 @@ class IndexSync:
             self.records[key] = record.model_copy(update={"agent": view, "phase": phase})
             self._mark(key)
 
+    def touch(self, key: Key, last_seen: datetime | None) -> None:
+        """A heartbeat seen elsewhere than on the Agent (a Lease renewal): only ``last_seen`` moves."""
+        record = self.records.get(key)
+        if record is not None and last_seen is not None:
+            self.records[key] = record.model_copy(
+                update={"agent": record.agent.model_copy(update={"last_seen": last_seen})}
+            )
+            self._mark(key)
+
     def drop(self, key: Key) -> None:
         record = self.records.pop(key, None)
         self._dirty.discard(key)

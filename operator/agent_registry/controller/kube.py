@@ -1,4 +1,5 @@
-"""The operator's own calls to the API server: status patches, deletes, Events, sight probes.
+"""The operator's own calls to the API server: status patches, deletes (of Agents and their
+Leases), Events, sight probes.
 
 kopf owns the watch; these calls come from the sweeper, the sight probe and the leader
 elector, which run outside kopf's handlers. They go through the one client layer's
@@ -69,6 +70,16 @@ class Kube:
         """Delete only if the object is still exactly the one the decision was made on."""
         try:
             await self.api.delete(paths.agents(namespace, name), objects.delete_options(uid, resource_version))
+        except kubeapi.Conflict:
+            return DeleteOutcome.CONFLICT
+        except kubeapi.NotFound:
+            return DeleteOutcome.GONE
+        return DeleteOutcome.DELETED
+
+    async def delete_lease(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome:
+        """Delete an agent's Lease only as it was seen: a renewal since makes it a 409."""
+        try:
+            await self.api.delete(paths.leases(namespace, name), objects.delete_options(uid, resource_version))
         except kubeapi.Conflict:
             return DeleteOutcome.CONFLICT
         except kubeapi.NotFound:

@@ -58,14 +58,16 @@ class ScopeSight:
     in_flight: list[float] = dataclasses.field(default_factory=list)
     """Start times of the probes sent and not answered yet."""
     awaiting_watch_since: float | None = None
-    """Set when the API server answers again after a gap: the watch may still be
-    reconnecting (kopf backs off between attempts), and until it delivers, heartbeats sent
+    """Set when the API server answers again after a gap: the watches may still be
+    reconnecting (kopf backs off between attempts), and until they deliver, heartbeats sent
     meanwhile are not seen either."""
+    awaiting: set[str] = dataclasses.field(default_factory=set)
+    """The watched resources (Agents, Leases) that have not delivered since the gap."""
 
     def seen_until(self, now: float, gap: float, watch_wait: float = 0.0) -> float | None:
         if self.blind_since is not None:
             return None
-        if self.awaiting_watch_since is not None and now - self.awaiting_watch_since <= watch_wait:
+        if self.awaiting and self.awaiting_watch_since is not None and now - self.awaiting_watch_since <= watch_wait:
             return None
         if any(start > self.seen_at and now - start > gap for start in self.in_flight):
             return None
@@ -83,7 +85,10 @@ class Sight:
         gap: float,
         watch_wait: float,
         clock: Callable[[], float] = time.monotonic,
+        resources: Sequence[str] = ("agents", "leases"),
     ) -> None:
+        """``resources``: the watches that carry heartbeats; after a gap, judging waits for
+        each to deliver (or ``watch_wait``)."""
         self.probe = probe
         self.on_regained = on_regained
         self.grace = grace
@@ -91,6 +96,7 @@ class Sight:
         self.gap = gap
         self.watch_wait = watch_wait
         self.clock = clock
+        self.resources = tuple(resources)
         now = clock()
         self.scopes = {scope: ScopeSight(scope, now) for scope in scopes}
         self._cluster_wide = None in self.scopes
@@ -107,19 +113,27 @@ class Sight:
         now = self.clock()
         return [s.scope for s in self.scopes.values() if s.seen_until(now, self.gap, self.watch_wait) is None]
 
-    def watch_delivered(self, namespace: str) -> None:
-        """A watch event arrived: after a gap, the first one says the watch flows again.
+    def watch_delivered(self, namespace: str, resource: str) -> None:
+        """A watch event of ``resource`` arrived: after a gap, the first one says that watch
+        flows again.
 
         Heartbeats written meanwhile are replayed by the watch (it resumes from its last
         resourceVersion) but take a moment to be processed, so the scope gets one more
-        fresh grace period now, and judging resumes."""
+        fresh grace period as each watch delivers, and judging resumes when all have."""
         state = self.scopes.get(None) if self._cluster_wide else self.scopes.get(namespace)
-        if state is None or state.awaiting_watch_since is None:
+        if state is None or state.awaiting_watch_since is None or resource not in state.awaiting:
             return
-        waited = self.clock() - state.awaiting_watch_since
-        state.awaiting_watch_since = None
+        state.awaiting.discard(resource)
         self.grace(state.scope)
-        logger.info("the watch delivers again for %s, %.1fs after the API server did", _describe(state.scope), waited)
+        waited = self.clock() - state.awaiting_watch_since
+        logger.info(
+            "the %s watch delivers again for %s, %.1fs after the API server did",
+            resource,
+            _describe(state.scope),
+            waited,
+        )
+        if not state.awaiting:
+            state.awaiting_watch_since = None
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -172,6 +186,7 @@ class Sight:
         blind_for = now - (state.blind_since or now)
         state.blind_since = None
         state.awaiting_watch_since = now
+        state.awaiting = set(self.resources)
         self.grace(state.scope)
         metrics.BLIND.labels(scope=_label(state.scope)).set(0)
         metrics.BLIND_GAPS.labels(scope=_label(state.scope)).inc()

@@ -12,15 +12,17 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from agent_registry import kubeapi
 from agent_registry.controller import metrics
+from agent_registry.controller.announce import PostEvent, announce
 from agent_registry.controller.conditions import build_conditions
-from agent_registry.controller.initialisation import decide_initialisation
+from agent_registry.controller.initialisation import decide_initialisation, phase_status
 from agent_registry.controller.kube import DeleteOutcome, agent_reference, now_rfc3339
 from agent_registry.controller.settings import OperatorSettings
-from agent_registry.controller.tracker import SelfPreservation, TrackedAgent, Tracker, phase_for_report
+from agent_registry.controller.tracker import LeaseSeen, SelfPreservation, TrackedAgent, Tracker, phase_for_report
 from agent_registry.schema.agent import Phase
 
 logger = logging.getLogger(__name__)
@@ -28,8 +30,6 @@ logger = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 8
 
 BeforeDelete = Callable[[TrackedAgent], Awaitable[None]]
-PostEvent = Callable[[Mapping[str, str], str, str, str], Coroutine[Any, Any, None]]
-"""``post_event(involved, type, reason, message)``: advisory, never raises."""
 
 
 class AgentWrites(Protocol):
@@ -41,11 +41,15 @@ class AgentWrites(Protocol):
 
     async def delete_agent(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome: ...
 
+    async def delete_lease(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome: ...
+
 
 class IndexUpdates(Protocol):
     """What the sweeper tells the Redis index (``IndexSync``)."""
 
     def set_phase(self, key: tuple[str, str], phase: Phase) -> None: ...
+
+    def touch(self, key: tuple[str, str], last_seen: datetime | None) -> None: ...
 
     def drop(self, key: tuple[str, str]) -> None: ...
 
@@ -138,6 +142,11 @@ class Sweeper:
             self.writes.start(agent.key, self.initialise(agent))
         for agent in result.became_unreachable:
             self.writes.start(agent.key, self.mark_unreachable(agent))
+        for agent in self.tracker.agents.values():
+            if agent.initialised and agent.phase == Phase.UNREACHABLE and agent.unreachable_since is None:
+                # Heard again by a Lease renewal (a status heartbeat is handled by the watch
+                # event); retried here until the write is seen.
+                self.writes.start(agent.key, self.recover(agent))
         self.report_self_preservation(result.self_preservation)
         for agent in result.to_delete:
             self.writes.start(agent.key, self.collect(agent))
@@ -191,6 +200,36 @@ class Sweeper:
             f"will be removed after {agent.timing.gc_after:.0f}s more of silence.",
         )
 
+    def renewed(self, agent: TrackedAgent) -> None:
+        """A Lease renewal was heard: the index shows it, and an Unreachable agent recovers now."""
+        self.index.touch(agent.key, agent.last_heard_wall)
+        if self.is_leader() and agent.initialised and self.tracker.desired_phase(agent) != agent.phase:
+            self.writes.start(agent.key, self.recover(agent))
+
+    async def delete_lease(self, namespace: str, lease: LeaseSeen) -> None:
+        """Delete the Lease of an Agent that is gone (that very Lease: a uid precondition)."""
+        outcome = await self.kube.delete_lease(namespace, lease.name, lease.uid, "")
+        logger.debug("Lease %s/%s of a deleted agent: %s", namespace, lease.name, outcome.value)
+
+    async def recover(self, agent: TrackedAgent) -> None:
+        """Write the phase the agent's report calls for, after a Lease renewal ended its silence."""
+        previous, phase = agent.phase, self.tracker.desired_phase(agent)
+        if phase == previous:
+            return
+        status = phase_status(agent, phase, now_rfc3339())
+        try:
+            agent.resource_version = await self.kube.patch_status(agent.namespace, agent.name, status)
+        except kubeapi.NotFound:
+            self.tracker.forget(agent.namespace, agent.name)
+            return
+        except Exception as exc:
+            logger.warning("could not write %s/%s's phase %s (%s); retrying", agent.namespace, agent.name, phase, exc)
+            return
+        agent.phase = phase
+        self.index.set_phase(agent.key, phase)
+        ref = agent_reference(agent.namespace, agent.name, agent.uid)
+        await announce(self.post_event, ref, previous, phase, recovered=previous == Phase.UNREACHABLE)
+
     async def collect(self, agent: TrackedAgent) -> None:
         ref = agent_reference(agent.namespace, agent.name, agent.uid)
         await self.post_event(
@@ -202,14 +241,26 @@ class Sweeper:
         if self.before_delete is not None:
             await self.before_delete(agent)
         try:
-            outcome = await self.kube.delete_agent(agent.namespace, agent.name, agent.uid, agent.resource_version)
+            # The Lease first, as it was seen: a renewal since the decision makes this a 409
+            # and keeps the agent, as a status heartbeat does for the Agent's delete below.
+            lease = agent.lease
+            outcome = DeleteOutcome.GONE
+            if lease is not None:
+                outcome = await self.kube.delete_lease(agent.namespace, lease.name, lease.uid, lease.resource_version)
+            if outcome is not DeleteOutcome.CONFLICT:
+                outcome = await self.kube.delete_agent(agent.namespace, agent.name, agent.uid, agent.resource_version)
         except Exception as exc:
             logger.warning("could not delete %s/%s (%s); retrying", agent.namespace, agent.name, exc)
             return
         metrics.DELETIONS.labels(outcome=outcome.value).inc()
         if outcome is DeleteOutcome.CONFLICT:
             logger.info("agent %s/%s changed since the decision to delete it; kept", agent.namespace, agent.name)
-            await self.post_event(ref, "Normal", "RemovalCancelled", "The Agent changed before the delete; kept.")
+            await self.post_event(
+                ref,
+                "Normal",
+                "RemovalCancelled",
+                "The Agent or its Lease changed (a heartbeat) before the delete; kept.",
+            )
             return
         logger.warning(
             "agent %s/%s deleted after %.0fs unreachable", agent.namespace, agent.name, agent.timing.gc_after

@@ -24,6 +24,10 @@ from agent_registry.schema.agent import Phase, ReportedStatus
 # Status fields a heartbeat writes. Any change in them is a heartbeat.
 HEARTBEAT_FIELDS = ("lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "reportedMetadata")
 
+# Leases seen before their Agent are kept this many at most (a Lease whose Agent is never
+# seen, e.g. hand-made, must not grow memory without bound).
+_MAX_PENDING_LEASES = 100_000
+
 _PHASE_FOR_REPORT = {
     ReportedStatus.HEALTHY: Phase.HEALTHY,
     ReportedStatus.DEGRADED: Phase.DEGRADED,
@@ -81,10 +85,25 @@ class TrackedAgent:
     unreachable_since: float | None = None
     """Operator clock when *this process* judged the agent unreachable; starts GC's clock."""
     heard_since_start: bool = False
+    lease: LeaseSeen | None = None
+    """The agent's Lease as last observed, or None while it has none (an older writer)."""
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseSeen:
+    """What the operator keeps of an agent's Lease: enough to tell a renewal and to delete it
+    only as it was seen (a renewal racing garbage collection makes that delete a 409)."""
+
+    agent_uid: str
+    """The owning Agent's uid: a Lease left by an earlier Agent of the same name does not count."""
+    name: str
+    uid: str
+    resource_version: str
+    signature: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +165,8 @@ class Tracker:
         # After a time-boxed pause expires, do not pause again until the share drops
         # below the threshold once: otherwise the same outage re-enters the pause forever.
         self._pause_spent = False
+        self._leases: dict[tuple[str, str], LeaseSeen] = {}
+        """Leases seen before their Agent (the two watches are independent)."""
 
     # --- events -------------------------------------------------------------------
 
@@ -177,6 +198,9 @@ class Tracker:
             # had, but its clock for garbage collection starts now.
             if stored_phase == Phase.UNREACHABLE:
                 agent.unreachable_since = now
+            pending = self._leases.pop(key, None)
+            if pending is not None and pending.agent_uid == agent.uid:
+                agent.lease = pending
             self.agents[key] = agent
             desired = stored_phase if stored_phase == Phase.UNREACHABLE else phase_for_report(reported)
             return Observation(agent, True, False, desired, stored_phase)
@@ -193,14 +217,46 @@ class Tracker:
         agent.registered_at = status.get("registeredAt")
         agent.generation = meta.get("generation")
         if is_heartbeat:
-            agent.last_heard_wall = datetime.now(UTC)
-            agent.last_heard = now
-            agent.heard_since_start = True
-            agent.unreachable_since = None
-        desired = self._desired_phase(agent, now)
+            self._heard(agent, now)
+        desired = self.desired_phase(agent)
         return Observation(agent, False, is_heartbeat, desired, stored_phase)
 
-    def _desired_phase(self, agent: TrackedAgent, now: float) -> Phase:
+    def observe_lease(self, namespace: str, agent_name: str, lease: LeaseSeen, now: float) -> TrackedAgent | None:
+        """A Lease event; the agent it renewed, or None when it was no renewal.
+
+        A renewal is a change of what renewals write (``schema.lease.renewal_signature``),
+        timed on the operator's clock like any heartbeat. The first sight of a Lease counts
+        too: it is created by a writer that is heartbeating right then. A re-listing after a
+        watch reconnect shows the same signature again and counts for nothing.
+        """
+        key = (namespace, agent_name)
+        agent = self.agents.get(key)
+        if agent is None or agent.uid != lease.agent_uid:
+            self._leases[key] = lease
+            if len(self._leases) > _MAX_PENDING_LEASES:
+                self._leases.pop(next(iter(self._leases)))
+            return None
+        renewed = agent.lease is None or agent.lease.signature != lease.signature
+        agent.lease = lease
+        if not renewed:
+            return None
+        self._heard(agent, now)
+        return agent
+
+    def lease_gone(self, namespace: str, agent_name: str, lease_uid: str) -> None:
+        self._leases.pop((namespace, agent_name), None)
+        agent = self.agents.get((namespace, agent_name))
+        if agent is not None and agent.lease is not None and agent.lease.uid == lease_uid:
+            agent.lease = None
+
+    def _heard(self, agent: TrackedAgent, now: float) -> None:
+        agent.last_heard_wall = datetime.now(UTC)
+        agent.last_heard = now
+        agent.heard_since_start = True
+        agent.unreachable_since = None
+
+    def desired_phase(self, agent: TrackedAgent) -> Phase:
+        """The phase the agent's evidence calls for: its report, unless the sweep judged it silent."""
         # Silence is judged in one place, the sweep, which knows whether the operator could
         # see; a watch event arriving just after a stall must not judge it on its own.
         if agent.phase == Phase.UNREACHABLE and not agent.heard_since_start:

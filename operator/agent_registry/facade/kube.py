@@ -1,4 +1,5 @@
-"""The facade's calls to the API server: Agent objects, TokenReview, SubjectAccessReview.
+"""The facade's calls to the API server: Agent objects and their Leases, TokenReview,
+SubjectAccessReview.
 
 Thin verbs over the one client layer's asynchronous transport (``agent_registry.kubeapi``):
 every status code reaches the caller as a typed error, which decides what a 404, a 409 or a
@@ -57,6 +58,15 @@ class Kube:
     async def delete_agent(self, namespace: str, name: str, uid: str | None) -> None:
         """Delete only the object that was looked up: a replacement with the same name is a 409."""
         await self.api.delete(paths.agents(namespace, name), objects.delete_options(uid=uid))
+
+    # --- agents' Leases ---------------------------------------------------------------
+
+    async def renew_lease(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A renewal (``schema.lease.renewal_patch``): one merge-patch, no read first."""
+        await self.api.merge_patch(paths.leases(namespace, name), patch, params=_MANAGED)
+
+    async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self.api.create(paths.leases(namespace), body, params=_MANAGED)
 
     async def ping(self, namespace: str) -> None:
         """Proves what the facade needs: the API server answers, the CRD exists, RBAC lets it list."""

@@ -47,6 +47,13 @@ IN_FLIGHT = Gauge(f"{_NS}_requests_in_flight", "HTTP requests being answered.", 
 OPERATIONS = Counter(
     f"{_NS}_operations_total", "Registry operations by outcome.", ["operation", "outcome"], registry=REGISTRY
 )
+HEARTBEAT_WRITES = Counter(
+    f"{_NS}_heartbeat_writes_total",
+    "What REST heartbeats wrote: the agent's Lease (a renewal), or the Agent's status (its "
+    "report changed, or the Lease could not be used).",
+    ["write"],
+    registry=REGISTRY,
+)
 READS = Counter(
     f"{_NS}_reads_total",
     "Where reads were answered from: the index, the API server (index unavailable or missing "

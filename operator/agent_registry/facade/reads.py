@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -44,6 +44,9 @@ class Located:
     name: str
     uid: str
     view: AgentView
+    interval_seconds: int | None = None
+    """``spec.heartbeat``'s timing, when known: a heartbeat that only renews the Lease answers with it."""
+    unreachable_after_seconds: int | None = None
 
 
 def view_of(resource: dict[str, Any]) -> AgentView | None:
@@ -145,7 +148,17 @@ class Reads:
         self._listings: dict[str, _Listing] = {}
 
     async def locate(self, namespace: str, agent_id: str) -> Located | None:
-        """The agent with this id in this namespace, or None."""
+        """The agent with this id in this namespace, or None.
+
+        A heartbeat that only renewed the agent's Lease wrote nothing the index or a stored
+        write shows; its time is remembered apart, so ``last_seen`` reads back at once."""
+        found = await self._locate(namespace, agent_id)
+        renewed = self.recent.renewed_at(agent_id)
+        if found is not None and renewed is not None and (found.view.last_seen or renewed) <= renewed:
+            found = replace(found, view=found.view.model_copy(update={"last_seen": renewed}))
+        return found
+
+    async def _locate(self, namespace: str, agent_id: str) -> Located | None:
         write = self.recent.get(agent_id)
         if write is not None and write.namespace != namespace:
             write = None
@@ -176,10 +189,18 @@ class Reads:
             if view is not None:
                 metrics.READS.labels(source="recent").inc()
                 uid = str((write.resource or {}).get("metadata", {}).get("uid", ""))
-                return Located(agent_id, namespace, write.name, uid, view)
+                return Located(agent_id, namespace, write.name, uid, view, *_timing(write.resource))
         if record is not None:
             metrics.READS.labels(source="index").inc()
-            return Located(agent_id, namespace, record.name, record.uid, record.agent)
+            return Located(
+                agent_id,
+                namespace,
+                record.name,
+                record.uid,
+                record.agent,
+                record.interval_seconds,
+                record.unreachable_after_seconds,
+            )
         # The index lacks it: too new for the index, or the index is down. The API server knows.
         try:
             resource = await self.kube.find_by_id(namespace, agent_id)
@@ -287,7 +308,23 @@ def _located(agent_id: str, resource: dict[str, Any] | None, write: RecentWrite 
     if view is None or view.id != agent_id:
         return None
     meta = resource.get("metadata") or {}
-    return Located(agent_id, str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), view)
+    return Located(
+        agent_id,
+        str(meta.get("namespace", "")),
+        str(meta.get("name", "")),
+        str(meta.get("uid", "")),
+        view,
+        *_timing(resource),
+    )
+
+
+def _timing(resource: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    heartbeat = ((resource or {}).get("spec") or {}).get("heartbeat") or {}
+    interval, unreachable = heartbeat.get("intervalSeconds"), heartbeat.get("unreachableAfterSeconds")
+    return (
+        interval if isinstance(interval, int) else None,
+        unreachable if isinstance(unreachable, int) else None,
+    )
 
 
 def _version(resource: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 _MAX_ENTRIES = 50_000
@@ -52,6 +53,8 @@ class RecentWrites:
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl = ttl_seconds
         self._by_id: OrderedDict[str, RecentWrite] = OrderedDict()
+        self._renewals: OrderedDict[str, tuple[datetime, float]] = OrderedDict()
+        """agent id -> (when its Lease was renewed, expiry): heartbeats that wrote no Agent."""
         self._by_namespace: dict[str, dict[str, RecentWrite]] = {}
         self.last_write = 0.0
         """When this process last wrote (``time.monotonic()``), for reads that must not predate it."""
@@ -66,10 +69,29 @@ class RecentWrites:
         in_queries = changes_queries or (previous is not None and previous.in_queries and not previous.deleted)
         self._put(RecentWrite(agent_id, namespace, name, _slim(resource), time.monotonic() + self.ttl, in_queries))
 
+    def renewed(self, agent_id: str, at: datetime) -> None:
+        """A heartbeat renewed the agent's Lease and wrote nothing else: only ``last_seen`` moved."""
+        if self.ttl <= 0:
+            return
+        self._renewals.pop(agent_id, None)
+        self._renewals[agent_id] = (at, time.monotonic() + self.ttl)
+        while len(self._renewals) > _MAX_ENTRIES:
+            self._renewals.popitem(last=False)
+
+    def renewed_at(self, agent_id: str) -> datetime | None:
+        entry = self._renewals.get(agent_id)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            del self._renewals[agent_id]
+            return None
+        return entry[0]
+
     def deleted(self, agent_id: str, namespace: str, name: str) -> None:
         self._put(RecentWrite(agent_id, namespace, name, None, time.monotonic() + self.ttl))
 
     def forget(self, agent_id: str) -> None:
+        self._renewals.pop(agent_id, None)
         entry = self._by_id.pop(agent_id, None)
         if entry is not None:
             self._by_namespace.get(entry.namespace, {}).pop(agent_id, None)

@@ -4,8 +4,10 @@
   the id is known at once (the operator adopts it), then writes ``agentId``,
   ``registeredAt`` and a first heartbeat into the status. A name that exists gets its spec
   updated and keeps its id.
-* heartbeat is the same small status merge-patch the sidecar writes: the heartbeat fields
-  only; ``reportedMetadata`` is merged by the merge-patch itself.
+* heartbeat renews the agent's Lease (``schema.lease``), as the sidecar does; the Agent's
+  status gets the heartbeat fields (the same small merge-patch the sidecar writes;
+  ``reportedMetadata`` is merged by the merge-patch itself) only when the reported status
+  or metadata differs from what the registry shows, or when the Lease cannot be used.
 * unregister deletes the object, with the uid as a precondition so that a replacement
   created meanwhile under the same name survives.
 * with authentication on, register records the caller's username in the Agent's
@@ -37,6 +39,7 @@ from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.settings import FacadeSettings
 from agent_registry.kubeapi import StatusError, Unavailable, objects
 from agent_registry.schema import constants as c
+from agent_registry.schema import lease
 from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
 from agent_registry.schema.rest import (
     HeartbeatRequest,
@@ -52,6 +55,9 @@ T = TypeVar("T")
 HEARTBEAT_SOURCE = "rest"
 _UUID = re.compile(UUID_PATTERN)
 _CONFLICT_ATTEMPTS = 5
+# After the API server refused a Lease, heartbeats patch the status for this long before
+# trying Leases again (an upgrade that applied the new image before the new RBAC).
+LEASE_RETRY_SECONDS = 300.0
 
 
 class HeartbeatSequence:
@@ -81,6 +87,7 @@ class Writes:
         self.settings = settings
         self.sequence = HeartbeatSequence()
         self.owners = Owners(auth)
+        self._lease_refused_until = 0.0
         # Validated once: a bad combination fails at start-up, not at the first registration.
         self.heartbeat_settings = HeartbeatSettings(
             interval_seconds=settings.heartbeat_interval_seconds,
@@ -215,6 +222,18 @@ class Writes:
     async def heartbeat(self, caller: Caller, agent: Located, request: HeartbeatRequest) -> HeartbeatResponse:
         await self._require_owner(caller, agent, "heartbeat")
         now = _now()
+        if not _report_changes(agent, request) and agent.uid and self._lease_usable():
+            renewed = await self._renew_lease(agent, now)
+            if renewed:
+                self.recent.renewed(agent.agent_id, now)
+                metrics.HEARTBEAT_WRITES.labels(write="lease").inc()
+                metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
+                interval = agent.interval_seconds or self.heartbeat_settings.interval_seconds
+                return HeartbeatResponse(received=True, next_interval_seconds=interval, timestamp=now)
+        return await self._status_heartbeat(agent, request, now)
+
+    async def _status_heartbeat(self, agent: Located, request: HeartbeatRequest, now: datetime) -> HeartbeatResponse:
+        """The heartbeat as a status patch: the report changed, or the Lease cannot be used."""
         fields: dict[str, Any] = {
             "last_heartbeat_time": now,
             "heartbeat_sequence": self.sequence.next(),
@@ -244,6 +263,7 @@ class Writes:
         self.recent.wrote(
             agent.agent_id, agent.namespace, agent.name, resource, changes_queries=_changes_queries(resource, request)
         )
+        metrics.HEARTBEAT_WRITES.labels(write="status").inc()
         metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
         interval = ((resource.get("spec") or {}).get("heartbeat") or {}).get("intervalSeconds")
         return HeartbeatResponse(
@@ -251,6 +271,53 @@ class Writes:
             next_interval_seconds=int(interval or self.heartbeat_settings.interval_seconds),
             timestamp=now,
         )
+
+    def _lease_usable(self) -> bool:
+        return time.monotonic() >= self._lease_refused_until
+
+    async def _renew_lease(self, agent: Located, now: datetime) -> bool:
+        """Renew the agent's Lease, creating it when missing; False when the API server
+        refuses Leases (RBAC older than this facade): the heartbeat then patches the status,
+        and Leases are tried again after ``LEASE_RETRY_SECONDS``."""
+        unreachable = agent.unreachable_after_seconds or self.heartbeat_settings.unreachable_after_seconds
+        spec = lease.renewal(HEARTBEAT_SOURCE, unreachable, now)
+        name = lease.lease_name(agent.name)
+        patch = lease.renewal_patch(agent.name, agent.uid, spec)
+        try:
+            try:
+                await self._kube(self.kube.renew_lease(agent.namespace, name, patch), "renew the agent's Lease")
+                return True
+            except StatusError as exc:
+                if exc.status != 404:
+                    raise
+            # No Lease yet (the first heartbeat since registering), or deleted. The Agent
+            # must exist as located: the garbage collector deletes the Lease with it.
+            current = await self._kube(self.kube.get_agent(agent.namespace, agent.name), "record the heartbeat")
+            if current is None or objects.uid(current) != agent.uid:
+                self.recent.forget(agent.agent_id)
+                metrics.OPERATIONS.labels(operation="heartbeat", outcome="unknown").inc()
+                raise not_found()
+            owner = objects.registered_by(current)
+            body = lease.build_lease(agent.namespace, agent.name, agent.uid, spec, owner)
+            try:
+                await self._kube(self.kube.create_lease(agent.namespace, body), "create the agent's Lease")
+            except StatusError as exc:
+                if exc.status != 409:
+                    raise
+                await self._kube(self.kube.renew_lease(agent.namespace, name, patch), "renew the agent's Lease")
+            return True
+        except StatusError as exc:
+            if exc.status not in (401, 403):
+                raise self._rejected(exc, agent.namespace) from exc
+            self._lease_refused_until = time.monotonic() + LEASE_RETRY_SECONDS
+            logger.warning(
+                "the API server refuses agents' Leases in %s (%s); heartbeats patch Agent status instead for "
+                "%.0fs (grant the facade get/create/patch on leases: see the chart's RBAC)",
+                agent.namespace,
+                exc.message,
+                LEASE_RETRY_SECONDS,
+            )
+            return False
 
     # --- unregister -------------------------------------------------------------------------
 
@@ -350,6 +417,16 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _report_changes(agent: Located, request: HeartbeatRequest) -> bool:
+    """Whether the heartbeat reports something the registry does not show yet: another
+    status (an Unreachable agent's report differs too, so its phase is written back at
+    once), or a metadata value that differs."""
+    if request.status.value != agent.view.status:
+        return True
+    shown = agent.view.metadata or {}
+    return any(key not in shown or shown[key] != value for key, value in (request.metadata or {}).items())
 
 
 def _changes_queries(resource: dict[str, Any], request: HeartbeatRequest) -> bool:

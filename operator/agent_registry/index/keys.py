@@ -3,7 +3,7 @@
 Everything but two pointer keys lives in a *generation*, so a full resync can build a
 complete new index beside the live one and switch to it in one step::
 
-    <p> = <prefix>:v1                 format version: a new layout gets a fresh keyspace
+    <p> = <prefix>:v2                 format version: a new layout gets a fresh keyspace
     <p>:current                       string  id of the live generation (the pointer)
     <p>:pending                       set     ids of generations a resync is building
     <p>:g:<gen>:meta                  hash    marker: agents (record count), state, created
@@ -34,7 +34,7 @@ from typing import Final
 from agent_registry.index.record import IndexedAgent
 
 DEFAULT_PREFIX: Final = "agent-registry"
-FORMAT_VERSION: Final = "v1"
+FORMAT_VERSION: Final = "v2"
 ALL_NAMESPACES: Final = "*"
 REST_STATUSES: Final = ("healthy", "degraded", "unhealthy", "unreachable")
 

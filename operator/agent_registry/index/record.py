@@ -9,7 +9,13 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from agent_registry.schema.agent import CAPABILITY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Phase
+from agent_registry.schema.agent import (
+    CAPABILITY_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    AgentSpec,
+    Phase,
+)
 from agent_registry.schema.rest import AgentView, agent_view_from_resource, rest_status
 
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
@@ -32,6 +38,10 @@ class IndexedAgent(BaseModel):
     resource_version: str = ""
     phase: Phase | None = None
     """The CR's phase; ``agent.status`` is its REST spelling (no phase yet reads as healthy)."""
+    interval_seconds: int | None = None
+    """``spec.heartbeat``'s timing, so a heartbeat that only renews the Lease needs no read
+    of the Agent to answer ``next_interval_seconds`` and set the Lease's duration."""
+    unreachable_after_seconds: int | None = None
 
     @model_validator(mode="after")
     def _usable_in_key_names(self) -> Self:
@@ -79,6 +89,7 @@ def record_from_resource(
     """
     view = agent_view_from_resource(resource, last_seen=last_seen)
     meta = resource.get("metadata") or {}
+    timing = AgentSpec.model_validate(resource.get("spec") or {}).heartbeat
     if phase is None:
         current = (resource.get("status") or {}).get("phase")
         resolved = Phase(current) if current else None
@@ -91,4 +102,6 @@ def record_from_resource(
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
         phase=resolved,
+        interval_seconds=timing.interval_seconds,
+        unreachable_after_seconds=timing.unreachable_after_seconds,
     )
