@@ -6,6 +6,7 @@ fields; ``phase`` and ``conditions`` belong to the operator and are never writte
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +41,9 @@ def build_agent(config: SidecarConfig, owner: dict[str, Any] | None, identity: s
     metadata: dict[str, Any] = {
         "name": config.name,
         "namespace": config.namespace,
-        "labels": _labels(config),
+        # The id label set here, as the facade does, spares the operator a label patch per
+        # new agent: its initialisation is then one status write.
+        "labels": {**_labels(config), c.AGENT_ID_LABEL: str(uuid.uuid4())},
         "annotations": annotations,
     }
     if owner is not None:

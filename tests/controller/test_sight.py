@@ -72,6 +72,8 @@ async def test_silence_is_judged_up_to_the_start_of_the_last_timely_answer(clock
 async def test_a_failed_probe_blinds_the_scope_until_an_answer_brings_a_fresh_grace(clock: Clock) -> None:
     probe, regained = ScriptedProbe(clock), []
     sight = make(clock, probe, regained)
+    for resource in ("agents", "leases"):  # both watches have delivered in team-a before
+        sight.watch_delivered("team-a", resource)
     probe.fails = ConnectionError("connection refused")
     clock.now = 110.0
     await sight.check(sight.scopes["team-a"])
@@ -98,6 +100,7 @@ async def test_a_failed_probe_blinds_the_scope_until_an_answer_brings_a_fresh_gr
 async def test_a_scope_whose_watch_stays_quiet_is_judged_again_after_the_wait(clock: Clock) -> None:
     probe, regained = ScriptedProbe(clock), []
     sight = make(clock, probe, regained)
+    sight.watch_delivered("team-a", "agents")
     probe.fails = ConnectionError("connection refused")
     await sight.check(sight.scopes["team-a"])
     probe.fails = None
@@ -112,6 +115,7 @@ async def test_a_scope_whose_watch_stays_quiet_is_judged_again_after_the_wait(cl
 async def test_a_probe_unanswered_for_the_gap_blinds_before_it_returns(clock: Clock) -> None:
     probe, regained = ScriptedProbe(clock), []
     sight = make(clock, probe, regained)
+    sight.watch_delivered("team-a", "agents")
     probe.hold = True
     clock.now = 110.0
     task = asyncio.create_task(sight.check(sight.scopes["team-a"]))
@@ -157,3 +161,18 @@ async def test_cluster_wide_sight_covers_every_namespace(clock: Clock) -> None:
     await sight.check(sight.scopes[None])
     assert sight.seen_until("anything") == 105.0
     assert probe.calls == [(None, 2.0)]  # a probe waits no longer than the gap
+
+
+async def test_after_a_gap_only_the_watches_that_ever_delivered_are_awaited(clock: Clock) -> None:
+    """A fleet of older writers has no Leases: no Lease event will come, so none is awaited."""
+    probe, regained = ScriptedProbe(clock), []
+    sight = make(clock, probe, regained)
+    sight.watch_delivered("team-a", "agents")
+    probe.fails = ConnectionError("connection refused")
+    await sight.check(sight.scopes["team-a"])
+    probe.fails = None
+    clock.now = 110.0
+    await sight.check(sight.scopes["team-a"])
+    assert sight.seen_until("team-a") is None
+    sight.watch_delivered("team-a", "agents")
+    assert sight.seen_until("team-a") == 110.0

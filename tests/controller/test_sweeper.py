@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from agent_registry import kubeapi
+from agent_registry.controller.announce import EventBudget
 from agent_registry.controller.kube import DeleteOutcome
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sweeper import Sweeper, Writes
-from agent_registry.controller.tracker import TrackedAgent, Tracker
+from agent_registry.controller.tracker import LeaseSeen, TrackedAgent, Tracker
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
 
@@ -27,6 +29,8 @@ class FakeKube:
         self.events: list[tuple[str, str]] = []
         self.fail_status: Exception | None = None
         self.delete_outcome = DeleteOutcome.DELETED
+        self.deleted_leases: list[tuple[str, str]] = []
+        self.lease_outcome = DeleteOutcome.DELETED
 
     async def patch_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
         self.labels.setdefault(name, {}).update(labels)
@@ -41,6 +45,10 @@ class FakeKube:
         self.deleted.append((name, resource_version))
         return self.delete_outcome
 
+    async def delete_lease(self, namespace: str, name: str, uid: str, resource_version: str) -> DeleteOutcome:
+        self.deleted_leases.append((name, resource_version))
+        return self.lease_outcome
+
     async def post_event(self, involved: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
         self.events.append((involved["name"], reason))
 
@@ -49,12 +57,16 @@ class FakeIndex:
     def __init__(self) -> None:
         self.phases: dict[tuple[str, str], Phase] = {}
         self.dropped: list[tuple[str, str]] = []
+        self.touched: list[tuple[str, str]] = []
 
     def set_phase(self, key: tuple[str, str], phase: Phase) -> None:
         self.phases[key] = phase
 
     def drop(self, key: tuple[str, str]) -> None:
         self.dropped.append(key)
+
+    def touch(self, key: tuple[str, str], last_seen: datetime | None) -> None:
+        self.touched.append(key)
 
 
 class World:
@@ -74,6 +86,7 @@ class World:
             is_leader=lambda: self.leader,
             self_reference=SELF,
             writes=Writes(),
+            registered_event=lambda ref, message: self.kube.post_event(ref, "Normal", "Registered", message),
             before_delete=self._before_delete,
         )
 
@@ -170,3 +183,54 @@ async def test_collect_awaits_the_seam_then_deletes_with_the_decision_s_version(
     assert world.index.dropped == ([] if kept else [agent.key])
     reasons = [reason for _, reason in world.kube.events]
     assert reasons == (["Removed", "RemovalCancelled"] if kept else ["Removed"])
+
+
+# --- Leases -------------------------------------------------------------------------------------
+
+
+def lease_of(agent: TrackedAgent, rv: str = "7") -> LeaseSeen:
+    return LeaseSeen(
+        agent_uid=agent.uid, name=f"agent-{agent.name}", uid="lease-uid", resource_version=rv, signature="s"
+    )
+
+
+async def test_collecting_deletes_the_lease_first_as_it_was_seen() -> None:
+    world = World()
+    agent = world.observe("a")
+    agent.lease = lease_of(agent)
+    await world.sweeper.collect(agent)
+    assert world.kube.deleted_leases == [("agent-a", "7")]
+    assert world.kube.deleted == [("a", "1")]
+    assert ("ns", "a") not in world.tracker.agents
+
+
+async def test_a_renewal_racing_the_collection_keeps_the_agent() -> None:
+    world = World()
+    agent = world.observe("a")
+    agent.lease = lease_of(agent)
+    world.kube.lease_outcome = DeleteOutcome.CONFLICT  # renewed since it was seen
+    await world.sweeper.collect(agent)
+    assert world.kube.deleted == []
+    assert ("a", "RemovalCancelled") in world.kube.events
+    assert ("ns", "a") in world.tracker.agents
+
+
+async def test_a_renewal_brings_an_unreachable_agent_back_with_an_event() -> None:
+    world = World()
+    agent = world.observe("a", status={"agentId": "id-a", "phase": "Unreachable", "reportedStatus": "degraded"})
+    agent.initialised = True
+    world.tracker.observe_lease("ns", "a", lease_of(agent), now=1.0)
+    world.sweeper.renewed(agent)
+    await world.sweeper.writes.drain()
+    assert world.kube.status["a"]["phase"] == "Degraded"  # the report it last made
+    assert world.index.phases[("ns", "a")] == Phase.DEGRADED and world.index.touched == [("ns", "a")]
+    assert world.kube.events == [("a", "Recovered")]
+
+
+def test_the_event_budget_allows_a_burst_then_a_rate() -> None:
+    now = [0.0]
+    budget = EventBudget(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [budget.allow() for _ in range(5)] == [True, True, True, False, False]
+    now[0] = 1.0  # two more tokens
+    assert [budget.allow() for _ in range(3)] == [True, True, False]
+    assert budget.take_suppressed() == 3 and budget.take_suppressed() == 0

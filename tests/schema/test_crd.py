@@ -129,10 +129,27 @@ def test_kubectl_prints_the_columns(controlplane: Any, namespace: str) -> None:
         "--subresource=status",
         "--type=merge",
         "-p",
-        json.dumps({"status": {"phase": "Healthy", "lastHeartbeatTime": "2026-11-28T10:00:00Z"}}),
+        json.dumps(
+            {
+                "status": {
+                    "phase": "Healthy",
+                    "lastHeartbeatTime": "2026-11-28T10:00:00Z",
+                    "heartbeatSource": "sidecar/cost-pod",
+                    "conditions": [
+                        {
+                            "type": "Reachable",
+                            "status": "True",
+                            "reason": "HeartbeatReceived",
+                            "message": "heartbeats are arriving",
+                            "lastTransitionTime": "2026-11-28T09:00:00Z",
+                        }
+                    ],
+                }
+            }
+        ),
     )
     plain = controlplane.kubectl("get", "agents", "-n", namespace).stdout.splitlines()
-    assert plain[0].split() == ["NAME", "TYPE", "PHASE", "ENDPOINT", "LAST-HEARTBEAT", "AGE"]
+    assert plain[0].split() == ["NAME", "TYPE", "PHASE", "ENDPOINT", "LAST-REPORT", "AGE"]
     assert plain[1].split()[:4] == ["cost-agent-sample", "cost", "Healthy", "cost-agent.agents.svc.cluster.local"]
 
     wide = controlplane.kubectl("get", "ag", "-n", namespace, "-o", "wide").stdout.splitlines()
@@ -145,11 +162,16 @@ def test_kubectl_prints_the_columns(controlplane: Any, namespace: str) -> None:
         "CAPABILITIES",
         "VERSION",
         "AGENT-ID",
-        "LAST-HEARTBEAT",
+        "LAST-REPORT",
+        "REACHABLE-SINCE",
+        "SOURCE",
         "AGE",
     ]
     row = wide[1]
-    assert "8001" in row and "spot_migration" in row and "1.4.2" in row
+    assert "8001" in row and "spot_migration" in row and "1.4.2" in row and "sidecar/cost-pod" in row
+    # Reachable for longer than the last report is old: two different ages.
+    columns = row.split()
+    assert columns[-4] != columns[-3]
 
     by_category = controlplane.kubectl("get", "optiinfra", "-n", namespace).stdout
     assert "cost-agent-sample" in by_category

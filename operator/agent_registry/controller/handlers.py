@@ -171,7 +171,7 @@ async def lease_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
     )
     agent = runtime.tracker.observe_lease(namespace, agent_name, seen, time.monotonic())
     if agent is not None:
-        metrics.HEARTBEATS.inc()
+        metrics.HEARTBEATS.labels(via="lease").inc()
         runtime.sweeper.renewed(agent)
 
 
@@ -196,7 +196,7 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     observation = runtime.tracker.observe(body, time.monotonic())
     agent = observation.agent
     if observation.is_heartbeat:
-        metrics.HEARTBEATS.inc()
+        metrics.HEARTBEATS.labels(via="status").inc()
     if spec_error is not None:
         agent.initialised = True  # nothing to initialise until the spec is fixed
         await runtime.warn_invalid_once(agent, spec_error)
@@ -220,12 +220,13 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     ref = agent_reference(namespace, name, agent.uid)
     if needs_init:
         init = decide_initialisation(agent, agent_id, desired, now)
-        patch.metadata["labels"] = init.labels
+        if any(labels.get(key) != value for key, value in init.labels.items()):
+            patch.metadata["labels"] = init.labels  # else one write, the status, not two
         patch.status.update(init.status)
         agent.initialised, agent.phase = True, desired
         if init.announce:
             agent.registered_announced = True
-            await runtime.kube.post_event(ref, "Normal", "Registered", init.event_message)
+            await runtime.registered_event(ref, init.event_message)
             logger.info("agent %s/%s registered as %s (%s)", namespace, name, agent_id, desired.value)
         return
     if observation.phase_changed:

@@ -14,7 +14,16 @@ AGENTS = Gauge(
 )
 HEARTBEATS = Counter(
     "agent_registry_heartbeats_observed_total",
-    "Heartbeat changes observed in Agent status.",
+    "Heartbeats observed: renewals of agents' Leases (via=lease), changes of the heartbeat "
+    "fields in Agent status (via=status).",
+    ["via"],
+    registry=REGISTRY,
+)
+EVENTS_SUPPRESSED = Counter(
+    "agent_registry_events_suppressed_total",
+    "Events not posted because the budget for their reason was spent (Registered, when many "
+    "agents register at once); summed up in one Event on the operator's Lease.",
+    ["reason"],
     registry=REGISTRY,
 )
 TRANSITIONS = Counter(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from agent_registry import kubeapi
 from agent_registry.controller import metrics
+from agent_registry.controller.announce import EventBudget
 from agent_registry.controller.indexsync import IndexSync
 from agent_registry.controller.kube import Kube, agent_reference
 from agent_registry.controller.leader import LeaderElector
@@ -20,6 +22,8 @@ from agent_registry.controller.tracker import TrackedAgent, Tracker
 from agent_registry.schema.agent import Phase
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_SECONDS = 10.0
 
 
 class Runtime:
@@ -36,6 +40,7 @@ class Runtime:
         )
         self.index = IndexSync(settings, self.is_leader)
         self.writes = Writes()
+        self.registered_events = EventBudget(settings.registered_events_per_second, settings.registered_events_burst)
         self.sight = Sight(
             scopes=list(settings.namespaces) or [None],
             probe=self.kube.probe,
@@ -55,6 +60,7 @@ class Runtime:
             is_leader=self.is_leader,
             self_reference=self.self_reference(),
             writes=self.writes,
+            registered_event=self.registered_event,
             before_delete=before_delete,
         )
         self.leader: LeaderElector | None = None
@@ -81,6 +87,7 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.sight.run(), name="sight"))
         self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
         self._tasks.append(asyncio.create_task(self.index.run(), name="index-sync"))
+        self._tasks.append(asyncio.create_task(self.summarise_suppressed_events(), name="event-summary"))
         if self.leader is not None:
             self._tasks.append(asyncio.create_task(self.leader.run(), name="leader-election"))
         scope = ", ".join(self.settings.namespaces) or "all namespaces"
@@ -145,6 +152,28 @@ class Runtime:
             "name": self.settings.lease_name,
             "uid": "",
         }
+
+    async def registered_event(self, ref: Mapping[str, str], message: str) -> None:
+        """A ``Registered`` Event, within the budget; over it, counted for the summary."""
+        if self.registered_events.allow():
+            await self.kube.post_event(ref, "Normal", "Registered", message)
+        else:
+            metrics.EVENTS_SUPPRESSED.labels(reason="Registered").inc()
+
+    async def summarise_suppressed_events(self) -> None:
+        """Every ``SUMMARY_SECONDS``: one Event for the Registered Events the budget held back."""
+        while True:
+            await asyncio.sleep(SUMMARY_SECONDS)
+            count = self.registered_events.take_suppressed()
+            if count and self.is_leader():
+                per_second = self.settings.registered_events_per_second
+                await self.kube.post_event(
+                    self.self_reference(),
+                    "Normal",
+                    "RegisteredEventsSuppressed",
+                    f"{count} agents registered in the last {SUMMARY_SECONDS:.0f}s without their own Registered "
+                    f"Event (at most {per_second:g}/s are posted); each has its phase, conditions and log line.",
+                )
 
     async def warn_invalid_once(self, agent: TrackedAgent, error: str) -> None:
         key = (agent.uid, agent.resource_version)

@@ -66,6 +66,14 @@ class OperatorSettings(BaseSettings):
     resumes at the first watch event of the scope (with one more fresh grace period), or
     after this long if none comes (a scope whose agents all died meanwhile)."""
 
+    registered_events_per_second: float = Field(default=10.0, gt=0)
+    """``Registered`` Events (one per new agent) are posted at most this fast after a
+    burst of ``registered_events_burst``; the rest are counted
+    (``agent_registry_events_suppressed_total``) and summed up in one Event on the
+    operator's Lease, so a fleet registering at once is not waiting behind its Events."""
+
+    registered_events_burst: int = Field(default=100, ge=0)
+
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Prometheus metrics port; 0 disables the metrics server."""
 

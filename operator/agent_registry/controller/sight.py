@@ -63,6 +63,9 @@ class ScopeSight:
     meanwhile are not seen either."""
     awaiting: set[str] = dataclasses.field(default_factory=set)
     """The watched resources (Agents, Leases) that have not delivered since the gap."""
+    delivered: set[str] = dataclasses.field(default_factory=set)
+    """The resources whose watch ever delivered here: only those are awaited after a gap
+    (a namespace without Leases, a fleet of older writers, has no Lease event to wait for)."""
 
     def seen_until(self, now: float, gap: float, watch_wait: float = 0.0) -> float | None:
         if self.blind_since is not None:
@@ -85,10 +88,7 @@ class Sight:
         gap: float,
         watch_wait: float,
         clock: Callable[[], float] = time.monotonic,
-        resources: Sequence[str] = ("agents", "leases"),
     ) -> None:
-        """``resources``: the watches that carry heartbeats; after a gap, judging waits for
-        each to deliver (or ``watch_wait``)."""
         self.probe = probe
         self.on_regained = on_regained
         self.grace = grace
@@ -96,7 +96,6 @@ class Sight:
         self.gap = gap
         self.watch_wait = watch_wait
         self.clock = clock
-        self.resources = tuple(resources)
         now = clock()
         self.scopes = {scope: ScopeSight(scope, now) for scope in scopes}
         self._cluster_wide = None in self.scopes
@@ -121,7 +120,10 @@ class Sight:
         resourceVersion) but take a moment to be processed, so the scope gets one more
         fresh grace period as each watch delivers, and judging resumes when all have."""
         state = self.scopes.get(None) if self._cluster_wide else self.scopes.get(namespace)
-        if state is None or state.awaiting_watch_since is None or resource not in state.awaiting:
+        if state is None:
+            return
+        state.delivered.add(resource)
+        if state.awaiting_watch_since is None or resource not in state.awaiting:
             return
         state.awaiting.discard(resource)
         self.grace(state.scope)
@@ -186,7 +188,7 @@ class Sight:
         blind_for = now - (state.blind_since or now)
         state.blind_since = None
         state.awaiting_watch_since = now
-        state.awaiting = set(self.resources)
+        state.awaiting = set(state.delivered)
         self.grace(state.scope)
         metrics.BLIND.labels(scope=_label(state.scope)).set(0)
         metrics.BLIND_GAPS.labels(scope=_label(state.scope)).inc()

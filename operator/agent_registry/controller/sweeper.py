@@ -107,6 +107,7 @@ class Sweeper:
         is_leader: Callable[[], bool],
         self_reference: Mapping[str, str],
         writes: Writes,
+        registered_event: Callable[[Mapping[str, str], str], Awaitable[None]],
         before_delete: BeforeDelete | None = None,
     ) -> None:
         self.settings = settings
@@ -119,6 +120,8 @@ class Sweeper:
         self.self_reference = self_reference
         """The object the operator's own Events are about (self-preservation)."""
         self.writes = writes
+        self.registered_event = registered_event
+        """Posts a ``Registered`` Event within the budget (``Runtime.registered_event``)."""
         self.before_delete = before_delete
         """Test seam: awaited between the decision to delete and the delete itself, so a
         test can make a heartbeat race the delete deterministically. None in production."""
@@ -168,9 +171,7 @@ class Sweeper:
         if init.announce:
             agent.registered_announced = True
             logger.info("agent %s/%s registered as %s (%s)", agent.namespace, agent.name, agent_id, phase.value)
-            await self.post_event(
-                agent_reference(agent.namespace, agent.name, agent.uid), "Normal", "Registered", init.event_message
-            )
+            await self.registered_event(agent_reference(agent.namespace, agent.name, agent.uid), init.event_message)
 
     async def mark_unreachable(self, agent: TrackedAgent) -> None:
         previous = agent.phase

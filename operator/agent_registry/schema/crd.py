@@ -33,7 +33,24 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities", "priority": 1},
     {"name": "Version", "type": "string", "jsonPath": ".spec.version", "priority": 1},
     {"name": "Agent-ID", "type": "string", "jsonPath": ".status.agentId", "priority": 1},
-    {"name": "Last-Heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeatTime"},
+    # Heartbeats renew the agent's Lease; the Agent's status is written only when the report
+    # changes (and, by the sidecar, at least every 5 minutes). So this column is the last
+    # report, not the last heartbeat: liveness is the Phase, which the operator keeps current.
+    {
+        "name": "Last-Report",
+        "type": "date",
+        "jsonPath": ".status.lastHeartbeatTime",
+        "description": "When the agent last wrote its status: on a change of its report, and at least every "
+        "5 minutes from a sidecar. Heartbeats in between renew its Lease.",
+    },
+    {
+        "name": "Reachable-Since",
+        "type": "date",
+        "jsonPath": '.status.conditions[?(@.type=="Reachable")].lastTransitionTime',
+        "description": "When the Reachable condition last flipped (the agent became reachable, or unreachable).",
+        "priority": 1,
+    },
+    {"name": "Source", "type": "string", "jsonPath": ".status.heartbeatSource", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
