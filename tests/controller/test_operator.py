@@ -337,3 +337,19 @@ def test_leaving_self_preservation_deletes_no_agent_that_comes_back(operator: Op
     assert remaining == dict.fromkeys(names[:5], "Healthy"), "a live agent was deleted leaving the pause"
     assert agents.reasons("fleet-5").count("Removed") == 1
     assert all("Removed" not in agents.reasons(n) for n in names[:5])
+
+
+def test_registered_events_beyond_the_budget_are_summed_up(make_operator: Any, agents: Agents) -> None:
+    make_operator(registered_events_burst=2, registered_events_per_second=0.001).start()
+    names = [f"new-{i}" for i in range(5)]
+    for name in names:
+        agents.create(name)
+    wait_for("every new agent has a phase", lambda: all(agents.phase(n) == "Healthy" for n in names))
+    summary = wait_for(
+        "the summary Event",
+        lambda: next((e for e in agents.events() if e.get("reason") == "RegisteredEventsSuppressed"), None),
+        timeout=30,
+    )
+    assert summary["message"].startswith("3 agents registered"), summary["message"]
+    assert summary["involvedObject"]["kind"] == "Lease"
+    assert sum(1 for n in names if "Registered" in agents.reasons(n)) == 2
