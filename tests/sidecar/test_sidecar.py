@@ -200,6 +200,13 @@ def test_reported_status_follows_the_agents_health(
 
     fake_agent.set_mode("slow")
     agents.wait_reported("cost-agent", ReportedStatus.DEGRADED)
+    # A change of health is one status write; the heartbeats after it only renew the Lease.
+    written = agents.get("cost-agent")
+    assert written is not None
+    agents.wait_beats("cost-agent", 2)
+    unchanged = agents.get("cost-agent")
+    assert unchanged is not None
+    assert unchanged["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
     fake_agent.set_mode("down")
     agents.wait_reported("cost-agent", ReportedStatus.UNHEALTHY)
     fake_agent.set_mode("error")
