@@ -9,8 +9,17 @@ any N. So there are two discovery questions: a *selective* one (type + rare capa
 Heartbeats follow the production timing by default (every 30 s, Unreachable after 45 s
 of silence): agent *i* beats at ``i/N`` of the interval, so the fleet writes N/30 per
 second evenly. In the ``mixed`` route, even agents beat through the facade
-(``POST /agents/{id}/heartbeat``) and odd ones patch their status directly, with exactly
-the fields the sidecar writes; in the ``direct`` route all of them patch directly.
+(``POST /agents/{id}/heartbeat``) and odd ones write directly to the API server; in the
+``direct`` route all of them write directly. What a direct heartbeat writes is the
+``writer``'s choice:
+
+* ``lease``, the sidecar since Leases (``agent_sidecar.runner``): a merge-patch of the
+  agent's Lease, no read first (``schema.lease.renewal_patch``), and a status patch with
+  the heartbeat fields only when the status refresh is due (every ``status_refresh``
+  seconds; the report never changes here). The Leases are created once beforehand
+  (``create_agent_leases``), so a 404 is a failure, not a first heartbeat.
+* ``status``, the sidecar before Leases: a merge-patch of the Agent's status with the
+  heartbeat fields, every heartbeat.
 """
 
 from __future__ import annotations
@@ -19,13 +28,19 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
+from agent_registry.kubeapi import paths
 from agent_registry.schema import constants as c
+from agent_registry.schema import lease
+from agent_registry.schema.agent import ReportedStatus
+from agent_sidecar.kube import FIELD_MANAGER as SIDECAR_FIELD_MANAGER
+from agent_sidecar.payloads import build_heartbeat
 from bench.load import Recorder, fixed_rate, request, timed
 from bench.stack import progress
 
@@ -33,6 +48,14 @@ SAMPLE_LABEL = "bench.registry.optiinfra.io/sample"
 MERGE_PATCH = "application/merge-patch+json"
 AGENTS_PATH = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{ns}}/{c.PLURAL}"
 LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+# Who the direct heartbeats claim to be (``heartbeatSource``, the Lease's ``holderIdentity``).
+SOURCE = "sidecar/bench"
+SIDECAR_PARAMS = {"fieldManager": SIDECAR_FIELD_MANAGER}
+# What a direct heartbeat writes (``Heartbeats.writer``).
+STATUS = "status"
+LEASE = "lease"
+# Spreads agents' status refreshes over the refresh interval (a golden-ratio sequence).
+_SPREAD = 0.6180339887498949
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,8 @@ class Fleet:
     sample_size: int = 30
     names: list[str] = field(init=False)
     ids: list[str] = field(init=False)
+    uids: list[str] = field(init=False)
+    """Each Agent's ``metadata.uid``, once created: a Lease's owner reference names it."""
     types: list[str] = field(init=False)
     capabilities: list[list[str]] = field(init=False)
     sample: list[int] = field(init=False)
@@ -61,6 +86,7 @@ class Fleet:
         self.vocabulary = max(1, round(self.n / len(c.KNOWN_AGENT_TYPES) / self.matches))
         self.names = [f"agent-{i:05d}" for i in range(self.n)]
         self.ids = [str(uuid.uuid4()) for _ in range(self.n)]
+        self.uids = [""] * self.n
         self.types = [c.KNOWN_AGENT_TYPES[i % len(c.KNOWN_AGENT_TYPES)] for i in range(self.n)]
         self.capabilities = [["common", f"c{(i // len(c.KNOWN_AGENT_TYPES)) % self.vocabulary}"] for i in range(self.n)]
         size = min(self.sample_size, max(1, self.n // 20))
@@ -130,12 +156,55 @@ async def create_agents(api: Any, fleet: Fleet, concurrency: int = 32) -> dict[s
             body = fleet.body(i)
             for _ in range(5):
                 ok, answer = await timed(recorder, lambda b=body: request(api, "POST", path, json_body=b), expect=201)
-                if ok or b"AlreadyExists" in answer:
+                if ok:
+                    fleet.uids[i] = str(json.loads(answer)["metadata"]["uid"])
+                    break
+                if b"AlreadyExists" in answer:  # an earlier attempt timed out after the write
+                    fleet.uids[i] = await _agent_uid(api, fleet, i)
                     break
                 await asyncio.sleep(0.5)
             if recorder.ok % step == 0 and recorder.ok:
                 progress(f"  created {recorder.ok}/{fleet.n} agents")
 
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    recorder.close()
+    return recorder.summary()
+
+
+async def _agent_uid(api: Any, fleet: Fleet, i: int) -> str:
+    status, answer = await request(api, "GET", f"{AGENTS_PATH.format(ns=fleet.namespace)}/{fleet.names[i]}")
+    return str(json.loads(answer)["metadata"]["uid"]) if status == 200 else ""
+
+
+async def create_agent_leases(
+    api: Any, fleet: Fleet, registered_by: str | None, concurrency: int = 32
+) -> dict[str, Any]:
+    """Each agent's Lease, as the sidecar creates it on its first heartbeat (``schema.lease.build_lease``:
+    named after the Agent, labelled for the operator's watch, owned by the Agent)."""
+    recorder = Recorder("create-agent-leases")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(fleet.n):
+        queue.put_nowait(i)
+    path = paths.leases(fleet.namespace)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            spec = lease.renewal(SOURCE, fleet.timing.unreachable_after, datetime.now(UTC))
+            body = lease.build_lease(fleet.namespace, fleet.names[i], fleet.uids[i], spec, registered_by)
+            for _ in range(5):
+                ok, answer = await timed(
+                    recorder,
+                    lambda b=body: request(api, "POST", path, json_body=b, params=SIDECAR_PARAMS),
+                    expect=201,
+                )
+                if ok or b"AlreadyExists" in answer:
+                    break
+                await asyncio.sleep(0.5)
+
+    missing = [fleet.names[i] for i in range(fleet.n) if not fleet.uids[i]]
+    if missing:
+        raise RuntimeError(f"{len(missing)} agents have no known uid (e.g. {missing[0]}); their Leases need one")
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     recorder.close()
     return recorder.summary()
@@ -222,14 +291,25 @@ class HeartbeatTotals:
 
 
 class Heartbeats:
-    """The fleet heartbeating at its interval, open-loop, until stopped."""
+    """The fleet heartbeating at its interval, open-loop, until stopped.
 
-    def __init__(self, fleet: Fleet, facade: Any, api: Any) -> None:
+    ``totals`` counts heartbeats (one per agent per interval). ``writes`` counts the
+    acknowledged writes the operator should each observe as a heartbeat, by kind: a REST
+    heartbeat is one (``facade``: the facade renews the Lease or patches the status), a
+    ``lease`` heartbeat one renewal plus, when the refresh is due, one ``status`` patch.
+    """
+
+    def __init__(self, fleet: Fleet, facade: Any, api: Any, *, status_refresh: float = 300.0) -> None:
         self.fleet = fleet
         self.facade = facade
         self.api = api
         self.route = "mixed"
+        self.writer = STATUS
+        self.status_refresh = status_refresh
+        """The sidecar's AGENT_STATUS_REFRESH_SECONDS; 0: never refresh."""
         self.silenced: set[int] = set()
+        self.writes: Counter[str] = Counter()
+        self._status_written: list[float | None] = [None] * fleet.n
         self.recorders = {"facade": Recorder("heartbeat-facade"), "direct": Recorder("heartbeat-direct")}
         self.totals = HeartbeatTotals()
         self.last_ack = [0.0] * fleet.n
@@ -278,11 +358,17 @@ class Heartbeats:
         recorder.send_lags.append(max(0.0, time.monotonic() - due))
         self.sequence[i] += 1
         self.totals.sent += 1
+        kind = "facade" if via_facade else self.writer
         if via_facade:
             path = f"/agents/{self.fleet.ids[i]}/heartbeat"
 
             def call() -> Any:
                 return request(self.facade, "POST", path, json_body={"status": "healthy"})
+
+        elif self.writer == LEASE:
+
+            def call() -> Any:
+                return self._lease_heartbeat(i)
 
         else:
             # Exactly the sidecar's heartbeat: a merge-patch of the heartbeat fields.
@@ -303,8 +389,55 @@ class Heartbeats:
         if ok:
             self.totals.ok += 1
             self.last_ack[i] = time.monotonic()
+            if kind != LEASE:  # a Lease heartbeat counts its writes one by one
+                self.writes[kind] += 1
         else:
             self.totals.failed += 1
+
+    async def _lease_heartbeat(self, i: int) -> tuple[int, bytes]:
+        """The sidecar's heartbeat (``runner._beat``): the status when due, then the Lease."""
+        now = datetime.now(UTC)
+        name, uid = self.fleet.names[i], self.fleet.uids[i]
+        if self._status_due(i):
+            body = build_heartbeat(now, self.sequence[i], ReportedStatus.HEALTHY, SOURCE)
+            status, answer = await request(
+                self.api,
+                "PATCH",
+                f"{self._path}/{name}/status",
+                json_body=body,
+                content_type=MERGE_PATCH,
+                params=SIDECAR_PARAMS,
+            )
+            if status != 200:
+                return status, answer
+            self.writes[STATUS] += 1
+            self._status_written[i] = time.monotonic()
+        spec = lease.renewal(SOURCE, self.fleet.timing.unreachable_after, now)
+        status, answer = await request(
+            self.api,
+            "PATCH",
+            paths.leases(self.fleet.namespace, lease.lease_name(name)),
+            json_body=lease.renewal_patch(name, uid, spec),
+            content_type=MERGE_PATCH,
+            params=SIDECAR_PARAMS,
+        )
+        if status == 200:
+            self.writes[LEASE] += 1
+        return status, answer
+
+    def _status_due(self, i: int) -> bool:
+        """The sidecar's rule, with the report unchanged: due ``status_refresh`` seconds after
+        the last status write. An agent's first Lease heartbeat places its last write a
+        fraction of the refresh interval back, as in a fleet that has run for a while, so
+        the refreshes are spread evenly (N / refresh per second) from the start."""
+        if self.status_refresh <= 0:
+            return False
+        now = time.monotonic()
+        written = self._status_written[i]
+        if written is None:
+            self._status_written[i] = now - (i * _SPREAD % 1.0) * self.status_refresh
+            return False
+        return now - written >= self.status_refresh
 
 
 async def create_leases(api: Any, namespace: str, n: int, concurrency: int = 32) -> dict[str, Any]:

@@ -32,7 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_registry.localcluster import build
-from bench.report import judge, markdown
+from bench.report import heartbeat_costs, judge, markdown
 from bench.scenario import Options, run_for
 from bench.stack import progress
 
@@ -124,6 +124,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="py-spy the operator and facade for this long during the steady heartbeats",
     )
     parser.add_argument(
+        "--status-refresh-seconds",
+        type=float,
+        default=defaults.status_refresh_seconds,
+        help="a Lease heartbeat also patches the Agent's status this often, as the sidecar "
+        "(AGENT_STATUS_REFRESH_SECONDS); 0: never (default %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=defaults.idle_seconds,
+        help="nothing written for this long before the floor's renewals, for the API server's "
+        "fixed cost (default %(default)s)",
+    )
+    parser.add_argument(
         "--sidecar-seconds",
         type=float,
         default=defaults.sidecar_seconds,
@@ -190,10 +204,18 @@ def commit() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
         )
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=False)
     except OSError:
         return "unknown"
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    return head.stdout.strip() + ("+changes" if uncommitted() else "")
+
+
+def uncommitted() -> list[str]:
+    """Files that differ from the commit (``git status --porcelain``): what ran was not only the commit."""
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=False)
+    except OSError:
+        return []
+    return [line.strip() for line in dirty.stdout.splitlines() if line.strip()]
 
 
 def results_path(directory: Path, name: str | None) -> Path:
@@ -247,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_seconds=args.profile_seconds,
         profile_dir=str(profile_dir) if args.profile_seconds > 0 else None,
         sidecar_seconds=args.sidecar_seconds,
+        status_refresh_seconds=args.status_refresh_seconds,
+        idle_seconds=args.idle_seconds,
     )
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results: dict[str, Any] = {
@@ -261,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
             },
             "commit": commit(),
+            "uncommitted": uncommitted(),
             "other_work": [],
         },
         "runs": [],
@@ -282,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             run = {"agents": n, "error": f"{type(exc).__name__}: {exc}"}
         run["wall_seconds"] = round(time.monotonic() - started, 1)
         failed = failed or "error" in run
+        run["heartbeat_cost"] = heartbeat_costs(run)
         run["verdict"] = judge(run)
         results["runs"].append(run)
         write(path, results)

@@ -1,26 +1,38 @@
 """One benchmark run at N agents, phase by phase, on a fresh control plane.
 
 1. ``create``: N Agents through the API server (32 at a time); heartbeats start at once,
-   as direct status patches, so no agent is ever silent longer than its interval.
+   as direct status patches (the sidecar's first heartbeat writes status too), so no
+   agent is ever silent longer than its interval.
 2. ``initialise``: the operator's first start; until every Agent has a phase.
 3. ``cold_start``: SIGTERM the operator, FLUSHALL Redis, start it again: time to a
    complete Redis index with N existing, heartbeating Agents.
-4. The facade starts; heartbeats pause for a moment so the operator's heartbeat counter
-   can be read at rest (the books open), then resume with even agents beating through the
-   facade and odd ones patching directly.
-5. ``heartbeats``: the steady state for ``--heartbeat-seconds``.
-6. ``unreachable``: a sample of agents falls silent; time from each one's last
-   acknowledged heartbeat until a watch sees its phase become Unreachable.
-7. ``cr_status_path``: every agent heartbeats by direct status patch (the A of the Lease
-   comparison). Then the books close: sent vs acknowledged vs observed by the operator,
-   and every transition to Unreachable since the operator started.
-8. ``discovery``: selective and broad queries and the routing endpoint at a fixed rate,
+4. The facade starts; every agent's Lease is created (``agent_leases``: as the sidecar
+   creates it, owned by the Agent, labelled for the operator's watch); heartbeats go the
+   new way for one interval: even agents through the facade (which renews their Leases),
+   odd ones renewing their Leases directly as the sidecar does (and refreshing their
+   status every ``status_refresh_seconds``, spread evenly). They pause for a moment so
+   the operator's heartbeat counter can be read at rest (the books open), and resume.
+5. ``heartbeats``: that steady state for ``--heartbeat-seconds``: the *new path* of the
+   heartbeat cost comparison, with the operator watching Leases and the facade serving.
+6. ``sidecar_lease_path``: every agent renews its Lease directly (the new path without
+   the facade: what the sidecar alone costs), for ``--lease-seconds``.
+7. ``unreachable``: (both routes again) a sample of agents stops renewing; time from each
+   one's last acknowledged heartbeat until a watch sees its phase become Unreachable;
+   then, not measured, until they have all recovered.
+8. ``cr_status_path``: every agent heartbeats by direct status patch, the way before
+   Leases (the *old path*). Then the books close: heartbeats sent vs acknowledged, and
+   the writes they made vs the heartbeats the operator observed (it counts a renewal as
+   one), and every transition to Unreachable since the operator started.
+9. ``discovery``: selective and broad queries and the routing endpoint at a fixed rate,
    the facade's saturation throughput, and the same question as a label-selector LIST
-   against the API server, while heartbeats go on (what a query storm does to them is
-   reported with the discovery figures).
-9. ``sidecar``: one real sidecar beside a fake agent, for its RSS.
-10. ``lease_path``: operator and facade stopped; N Leases renewed at the same rate with
-    one watcher (the B of the comparison).
+   against the API server, while heartbeats go on the new way (what a query storm does to
+   them is reported with the discovery figures).
+10. ``sidecar``: one real sidecar beside a fake agent, for its RSS.
+11. ``lease_path``: operator and facade stopped; N bare Leases (no owner, no label)
+    renewed at the same rate with one watcher: the platform's *floor*. Before the
+    renewals, ``idle_seconds`` with nothing written, for the API server's fixed cost.
+
+The paths' costs per heartbeat are worked out by ``report.heartbeat_costs``.
 """
 
 from __future__ import annotations
@@ -43,20 +55,23 @@ from agent_registry.localcluster.launcher import HeartbeatTimings, SidecarProces
 from agent_registry.localcluster.process import LOOPBACK
 from bench.fleet import (
     AGENTS_PATH,
+    LEASE,
     LEASES_PATH,
     SAMPLE_LABEL,
+    STATUS,
     AgentWatch,
     Fleet,
     Heartbeats,
     LeaseRenewals,
     Timing,
+    create_agent_leases,
     create_agents,
     create_leases,
     drain_watch,
 )
 from bench.load import Recorder, closed_loop, fixed_rate, ms, percentile, request, session, timed
 from bench.procs import Sampler, rss_mb
-from bench.stack import KEY_PREFIX, Stack, metric_sum, progress
+from bench.stack import CLIENT_ACCOUNT, KEY_PREFIX, Stack, metric_sum, progress
 
 NAMESPACE = "bench"
 QUERY_CONNECTIONS = 64
@@ -83,6 +98,11 @@ class Options:
     profile_seconds: float = 0.0
     profile_dir: str | None = None
     sidecar_seconds: float = 15.0
+    status_refresh_seconds: float = 300.0
+    """The sidecar's AGENT_STATUS_REFRESH_SECONDS (its default): a Lease heartbeat also
+    patches the Agent's status this often; 0: never."""
+    idle_seconds: float = 10.0
+    """Nothing written, before the floor's renewals: the API server's fixed cost."""
 
 
 class Reporter:
@@ -98,7 +118,7 @@ class Reporter:
         sample = self.sampler.take()
         elapsed = sample.at - self._at
         parts = []
-        for name in ("kube-apiserver", "etcd", "operator", "facade", "redis", "bench"):
+        for name in ("kube-apiserver", "etcd", "kube-controller-manager", "operator", "facade", "redis", "bench"):
             if name in sample.cpu and name in self._last and elapsed > 0:
                 parts.append(f"{name} {(sample.cpu[name] - self._last[name]) / elapsed:.2f}")
         self._last = dict(sample.cpu)
@@ -152,6 +172,8 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         "broad_matches": fleet.expected_matches(fleet.broad_query),
         "unreachable_sample": len(fleet.sample),
         "facade_auth": options.facade_auth,
+        "status_refresh_seconds": options.status_refresh_seconds,
+        "control_plane": sorted(stack.controlplane.pids),
     }
     reporter = Reporter(sampler)
     ssl_context = stack.api_ssl_context()
@@ -170,8 +192,9 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         sampler.end("create")
         phases["create"]["usage"] = sampler.summary("create")
         phases["create"]["etcd_after"] = stack.etcd_figures()
-        heartbeats = Heartbeats(fleet, None, api)
+        heartbeats = Heartbeats(fleet, None, api, status_refresh=options.status_refresh_seconds)
         heartbeats.route = "direct"
+        heartbeats.writer = STATUS
         heartbeats.start()
 
         # 2. initialise --------------------------------------------------------------------------
@@ -245,17 +268,31 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         queries = session(stack.facade_url, token=stack.token, ssl_context=None, connections=QUERY_CONNECTIONS)
         await _wait_ready(queries)
         heartbeats.facade = facade
+        # Each agent's Lease, once, as the sidecar creates it at its first heartbeat. The
+        # operator counts each creation as a heartbeat: done before the books open.
+        progress(f"N={n}: creating {n} agents' Leases (owned by their Agents, labelled)")
+        registered_by = f"system:serviceaccount:{NAMESPACE}:{CLIENT_ACCOUNT}"
+        phases["agent_leases"] = {"create": await create_agent_leases(control, fleet, registered_by)}
+        # One interval the new way before the books open, not measured: a fresh facade reads
+        # each REST agent's Agent at its first heartbeat (the owner rule's cache, kept 5
+        # minutes), a one-off of the facade's start, not a cost of every heartbeat.
+        progress(f"N={n}: heartbeats the new way for one interval ({timing.interval}s) before measuring")
+        heartbeats.route = "mixed"
+        heartbeats.writer = LEASE
+        await asyncio.sleep(timing.interval + 1)
         baseline = await _quiesce(stack, heartbeats)
         # Heartbeats so far (while the operator initialised and restarted) are not the steady state.
         phases["warmup_heartbeats"] = _summaries(heartbeats.new_phase())
-        heartbeats.route = "mixed"
         heartbeats.start()
         etcd_before = stack.etcd_figures()
+        api_before = await asyncio.to_thread(stack.apiserver_requests)
+        writes_before = heartbeats.writes.copy()
+        facade_before = await asyncio.to_thread(_facade_writes, stack)
 
         # 5. steady heartbeats ---------------------------------------------------------------------
         progress(
             f"N={n}: steady heartbeats for {options.heartbeat_seconds:.0f}s at {heartbeats.rate:.0f}/s "
-            "(even agents through the facade, odd ones direct)"
+            "(even agents through the facade, odd ones renew their Leases directly)"
         )
         sampler.mark("heartbeats")
         profile = _start_profile(stack, options, "heartbeats", n)
@@ -266,19 +303,49 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         phases["heartbeats"] = {
             "facade": recorders["facade"].summary(),
             "direct": recorders["direct"].summary(),
+            "all": _merged(recorders),
+            "writes": dict(heartbeats.writes - writes_before),
+            "facade_writes": _delta(facade_before, await asyncio.to_thread(_facade_writes, stack)),
             "usage": sampler.summary("heartbeats"),
             "etcd": _etcd_delta(etcd_before, stack.etcd_figures()),
+            "api_requests": _delta(api_before, await asyncio.to_thread(stack.apiserver_requests), moved_only=True),
         }
 
-        # 6. unreachable detection ---------------------------------------------------------------------
+        # 6. the new path without the facade: every agent renews its Lease as the sidecar does --------
+        progress(
+            f"N={n}: sidecar Lease path: every agent renews its Lease directly, {options.lease_seconds:.0f}s "
+            "(operator watching, facade idle)"
+        )
+        heartbeats.route = "direct"
+        etcd_before = stack.etcd_figures()
+        api_before = await asyncio.to_thread(stack.apiserver_requests)
+        writes_before = heartbeats.writes.copy()
+        sampler.mark("sidecar_lease_path")
+        await reporter.every(options.lease_seconds, lambda: _heartbeat_line(heartbeats))
+        sampler.end("sidecar_lease_path")
+        recorders = await _next_phase(heartbeats)
+        phases["sidecar_lease_path"] = {
+            "requests": recorders["direct"].summary(),
+            "writes": dict(heartbeats.writes - writes_before),
+            "usage": sampler.summary("sidecar_lease_path"),
+            "etcd": _etcd_delta(etcd_before, stack.etcd_figures()),
+            "api_requests": _delta(api_before, await asyncio.to_thread(stack.apiserver_requests), moved_only=True),
+        }
+
+        # 7. unreachable detection (the new way, both routes) ---------------------------------------------
+        heartbeats.route = "mixed"
         phases["unreachable"] = await _unreachable(control, fleet, heartbeats, options)
+        # Not measured: the silenced agents beat again and the operator writes their recovery,
+        # status patches that would otherwise be counted against the next path.
+        phases["unreachable"]["recovery_seconds"] = await _recover(control, fleet, heartbeats)
         phases["unreachable"]["heartbeats_meanwhile"] = _summaries(await _next_phase(heartbeats))
 
-        # 7. the CR status path at the full rate -------------------------------------------------------
+        # 8. the CR status path at the full rate -------------------------------------------------------
         progress(f"N={n}: CR status path: every agent patches its status directly, {options.lease_seconds:.0f}s")
         heartbeats.route = "direct"
-        heartbeats.silenced.clear()
+        heartbeats.writer = STATUS
         etcd_before = stack.etcd_figures()
+        api_before = await asyncio.to_thread(stack.apiserver_requests)
         sampler.mark("cr_status_path")
         await reporter.every(options.lease_seconds, lambda: _heartbeat_line(heartbeats))
         sampler.end("cr_status_path")
@@ -287,6 +354,7 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
             "requests": recorders["direct"].summary(),
             "usage": sampler.summary("cr_status_path"),
             "etcd": _etcd_delta(etcd_before, stack.etcd_figures()),
+            "api_requests": _delta(api_before, await asyncio.to_thread(stack.apiserver_requests), moved_only=True),
         }
 
         # The books close before discovery: a facade saturated by queries may starve the
@@ -295,9 +363,10 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         phases["books"] = _books(baseline, final, heartbeats, phases, first_metrics)
         phases["books"]["final_phases"] = await _final_phases(control)
         heartbeats.route = "mixed"
+        heartbeats.writer = LEASE
         heartbeats.start()
 
-        # 8. discovery ---------------------------------------------------------------------------------
+        # 9. discovery ---------------------------------------------------------------------------------
         phases["discovery"] = await _discovery(stack, sampler, fleet, queries, control, options)
         after = await _quiesce(stack, heartbeats)
         phases["discovery"]["heartbeats_meanwhile"] = _summaries(await _next_phase(heartbeats))
@@ -305,10 +374,10 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         phases["discovery"]["unreachable_transitions_meanwhile"] = starved
         phases["discovery"]["phases_after"] = await _final_phases(control)
 
-        # 9. sidecar -------------------------------------------------------------------------------------
+        # 10. sidecar -------------------------------------------------------------------------------------
         phases["sidecar"] = await asyncio.to_thread(_sidecar_rss, stack, sampler, options.sidecar_seconds)
 
-        # 10. the Lease path -------------------------------------------------------------------------------
+        # 11. the Lease path -------------------------------------------------------------------------------
         phases["lease_path"] = await _lease_path(stack, sampler, api, control, n, options)
         result["process_peaks"] = _peaks(sampler)
     finally:
@@ -332,6 +401,33 @@ async def _next_phase(heartbeats: Heartbeats) -> dict[str, Recorder]:
 
 def _summaries(recorders: dict[str, Recorder]) -> dict[str, Any]:
     return {name: recorder.summary() for name, recorder in recorders.items()}
+
+
+def _facade_writes(stack: Stack) -> dict[str, float]:
+    """What the facade's REST heartbeats wrote so far: Lease renewals and status patches."""
+    rows = stack.facade_metrics()
+    name = "agent_registry_facade_heartbeat_writes_total"
+    return {write: metric_sum(rows, name, write=write) for write in ("lease", "status")}
+
+
+def _delta(before: dict[str, float], after: dict[str, float], *, moved_only: bool = False) -> dict[str, int]:
+    """What a snapshot of counters gained, key by key."""
+    delta = {key: int(after[key] - before.get(key, 0.0)) for key in after}
+    return {key: value for key, value in delta.items() if value} if moved_only else delta
+
+
+def _merged(recorders: dict[str, Recorder]) -> dict[str, Any]:
+    """One summary of several recorders of the same phase: every heartbeat, whatever its route."""
+    merged = Recorder("all")
+    parts = list(recorders.values())
+    for recorder in parts:
+        merged.latencies += recorder.latencies
+        merged.send_lags += recorder.send_lags
+        merged.ok += recorder.ok
+        merged.errors.update(recorder.errors)
+    merged.started = min(r.started for r in parts)
+    merged.ended = max(r.ended or time.monotonic() for r in parts)
+    return merged.summary()
 
 
 async def _wait(done: Any, timeout: float, status: Any, stack: Stack, note_every: float = 10.0) -> None:
@@ -385,6 +481,9 @@ async def _quiesce(stack: Stack, heartbeats: Heartbeats) -> dict[str, float]:
         await asyncio.sleep(0.7)
     return {
         "observed": metric_sum(rows, "agent_registry_heartbeats_observed_total"),
+        "observed_lease": metric_sum(rows, "agent_registry_heartbeats_observed_total", via="lease"),
+        "observed_status": metric_sum(rows, "agent_registry_heartbeats_observed_total", via="status"),
+        "writes": float(sum(heartbeats.writes.values())),
         "acknowledged": float(heartbeats.totals.ok),
         "failed": float(heartbeats.totals.failed),
         "sent": float(heartbeats.totals.sent),
@@ -401,6 +500,7 @@ def _books(
     first_metrics: list[tuple[str, dict[str, str], float]],
 ) -> dict[str, Any]:
     acknowledged = after["acknowledged"] - before["acknowledged"]
+    writes = after["writes"] - before["writes"]
     observed = after["observed"] - before["observed"]
     failed = after["failed"] - before["failed"]
     marked = phases["unreachable"]["marked"]
@@ -411,9 +511,14 @@ def _books(
         "heartbeats_sent": int(after["sent"] - before["sent"]),
         "heartbeats_acknowledged": int(acknowledged),
         "heartbeats_failed": int(failed),
+        # What the operator should observe: each acknowledged write (a Lease renewal, a status
+        # patch with the heartbeat fields, a REST heartbeat's one write).
+        "heartbeat_writes_acknowledged": int(writes),
         "heartbeats_observed_by_operator": int(observed),
+        "observed_as_lease_renewals": int(after["observed_lease"] - before["observed_lease"]),
+        "observed_as_status_changes": int(after["observed_status"] - before["observed_status"]),
         # A failed request may still have been written (a timeout after the write): observed > acknowledged.
-        "heartbeats_lost": int(failed + max(0.0, acknowledged - observed)),
+        "heartbeats_lost": int(failed + max(0.0, writes - observed)),
         "unreachable_transitions": int(to_unreachable),
         "unreachable_expected": marked,
         "false_unreachable": int(max(0.0, to_unreachable - marked) + first_start),
@@ -676,6 +781,24 @@ async def _unreachable(api: Any, fleet: Fleet, heartbeats: Heartbeats, options: 
     return result
 
 
+async def _recover(api: Any, fleet: Fleet, heartbeats: Heartbeats) -> float | None:
+    """Let the silenced agents beat again; seconds until a watch sees none Unreachable
+    (None if some still are after an interval and unreachable-after)."""
+    watch = AgentWatch(api, NAMESPACE, label_selector=f"{SAMPLE_LABEL}=true").start()
+    started = time.monotonic()
+    heartbeats.silenced.clear()
+    limit = fleet.timing.interval + fleet.timing.unreachable_after
+    try:
+        while time.monotonic() - started < limit:
+            await asyncio.sleep(0.5)
+            if len(watch.phases) >= len(fleet.sample) and watch.count("Unreachable") == 0:
+                return round(time.monotonic() - started, 1)
+        progress(f"  {watch.count('Unreachable')} sampled agents still Unreachable after {limit}s")
+        return None
+    finally:
+        await watch.stop()
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -744,19 +867,36 @@ async def _lease_path(
     stop = asyncio.Event()
     watcher = asyncio.create_task(drain_watch(control, LEASES_PATH.format(ns=NAMESPACE), stop))
     await asyncio.sleep(1)
+    idle: dict[str, Any] = {}
+    if options.idle_seconds > 0:
+        progress(f"  nothing written for {options.idle_seconds:.0f}s (the API server's fixed cost)")
+        etcd_before = stack.etcd_figures()
+        api_before = await asyncio.to_thread(stack.apiserver_requests)
+        sampler.mark("idle")
+        await asyncio.sleep(options.idle_seconds)
+        sampler.end("idle")
+        idle = {
+            "usage": sampler.summary("idle"),
+            "etcd": _etcd_delta(etcd_before, stack.etcd_figures()),
+            "api_requests": _delta(api_before, await asyncio.to_thread(stack.apiserver_requests), moved_only=True),
+        }
     renewals = LeaseRenewals(api, NAMESPACE, n, options.interval)
     progress(f"  renewing {n} Leases at {renewals.rate:.0f}/s for {options.lease_seconds:.0f}s (one watcher)")
     etcd_before = stack.etcd_figures()
+    api_before = await asyncio.to_thread(stack.apiserver_requests)
     sampler.mark("lease_path")
     summary = await renewals.run(options.lease_seconds)
     sampler.end("lease_path")
     etcd_after = stack.etcd_figures()
+    api_after = await asyncio.to_thread(stack.apiserver_requests)
     stop.set()
     events = await asyncio.gather(watcher, return_exceptions=True)
     return {
         "create": created,
+        "idle": idle,
         "requests": summary,
         "usage": sampler.summary("lease_path"),
         "etcd": _etcd_delta(etcd_before, etcd_after),
+        "api_requests": _delta(api_before, api_after, moved_only=True),
         "watch_events": events[0] if isinstance(events[0], int) else str(events[0]),
     }

@@ -38,6 +38,7 @@ OPERATOR_LEASE = "agent-registry-operator"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_API_COUNTERS = ("apiserver_request_total{", "apiserver_watch_events_total{")
 
 
 def progress(message: str) -> None:
@@ -294,6 +295,30 @@ class Stack:
         status, text = http_get(self.facade.metrics_url)
         return parse_metrics(text) if status == 200 else []
 
+    # --- the API server's own count --------------------------------------------------------------
+
+    def apiserver_requests(self) -> dict[str, float]:
+        """Requests the API server has answered, by verb and resource (``apiserver_request_total``,
+        e.g. ``"PATCH leases"``), and watch events it has sent, by kind (``"WATCH-EVENT Lease"``):
+        the difference over a phase says what each heartbeat made the API server do."""
+        status, text = http_get(f"{self.api_url}/metrics", timeout=10, context=self.controlplane.admin_ssl_context())
+        if status != 200:
+            return {}
+        wanted = [line for line in text.splitlines() if line.startswith(_API_COUNTERS)]
+        counts: dict[str, float] = {}
+        for name, labels, value in parse_metrics("\n".join(wanted)):
+            if name == "apiserver_request_total":
+                resource = labels.get("resource") or "(non-resource)"
+                if labels.get("subresource"):
+                    resource += "/" + labels["subresource"]
+                key = f"{labels.get('verb', '')} {resource}"
+            elif name == "apiserver_watch_events_total":
+                key = f"WATCH-EVENT {labels.get('kind') or labels.get('resource') or ''}"
+            else:
+                continue
+            counts[key] = counts.get(key, 0.0) + value
+        return counts
+
     # --- etcd -----------------------------------------------------------------------------------
 
     def etcd_figures(self) -> dict[str, float]:
@@ -307,6 +332,10 @@ class Stack:
             "grpc_received_bytes": metric_sum(rows, "etcd_network_client_grpc_received_bytes_total"),
             "grpc_sent_bytes": metric_sum(rows, "etcd_network_client_grpc_sent_bytes_total"),
             "puts": metric_sum(rows, "etcd_mvcc_put_total"),
+            # A compaction (the API server asks for one every 5 minutes) frees space: growth
+            # measured across one is not growth per write.
+            "compact_revision": metric_sum(rows, "etcd_debugging_mvcc_compact_revision"),
+            "current_revision": metric_sum(rows, "etcd_debugging_mvcc_current_revision"),
             "db_file_bytes": float(db_file.stat().st_size) if db_file.exists() else 0.0,
         }
 

@@ -16,7 +16,16 @@ from repo import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import COST_ROWS, LEASE_ROWS, TARGETS, dig
+from bench.report import (
+    COST_ROWS,
+    PATH_ROWS,
+    PATH_ROWS_OPTIONAL,
+    PATHS,
+    PER_AGENT_ROWS,
+    RATIO_ROWS,
+    TARGETS,
+    dig,
+)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.timeout(900)]
 
@@ -75,7 +84,15 @@ def test_every_target_has_a_value(results: dict[str, Any]) -> None:
 def test_every_figure_of_the_tables_is_there(results: dict[str, Any]) -> None:
     run = results["runs"][0]
     paths = [path for _, row in COST_ROWS for path in _paths(row)]
-    paths += [path for _, cr, lease in LEASE_ROWS for row in (cr, lease) for path in _paths(row)]
+    for path in PATHS:
+        paths += [
+            f"heartbeat_cost.{path}.{key}"
+            for _, row in PATH_ROWS
+            for key in _paths(row)
+            if key not in PATH_ROWS_OPTIONAL
+        ]
+    paths += [f"heartbeat_cost.ratios.{key}" for _, key in RATIO_ROWS]
+    paths += [f"heartbeat_cost.per_1000_agents.{key}" for _, key in PER_AGENT_ROWS]
     missing = [path for path in paths if dig(run, path) is None]
     assert not missing, f"figures missing from the results: {missing}"
 
@@ -93,6 +110,50 @@ def test_the_books_balance_at_rest(results: dict[str, Any]) -> None:
     """The figures are consistent with each other (not fast: just counted right)."""
     books = results["runs"][0]["phases"]["books"]
     assert books["heartbeats_sent"] == books["heartbeats_acknowledged"] + books["heartbeats_failed"]
+    # Each acknowledged heartbeat wrote once, or twice when the sidecar's status refresh was due.
+    acknowledged, writes = books["heartbeats_acknowledged"], books["heartbeat_writes_acknowledged"]
+    assert acknowledged <= writes <= 2 * acknowledged
     assert books["heartbeats_observed_by_operator"] > 0
+    assert books["observed_as_lease_renewals"] > 0, "the operator counted no Lease renewal as a heartbeat"
     unreachable = results["runs"][0]["phases"]["unreachable"]
     assert unreachable["sample"] == 3
+    assert unreachable["marked"] == 3, unreachable
+
+
+def test_the_steady_heartbeats_renew_leases(results: dict[str, Any]) -> None:
+    """The new path: direct heartbeats renew the agents' Leases, and so do REST heartbeats
+    through the facade; every agent's Lease was created once beforehand."""
+    phases = results["runs"][0]["phases"]
+    assert phases["agent_leases"]["create"]["ok"] == 100
+    steady = phases["heartbeats"]
+    assert steady["writes"].get("lease", 0) > 0
+    assert steady["writes"].get("facade", 0) > 0
+    assert steady["facade_writes"]["lease"] > 0
+    assert steady["facade_writes"]["lease"] >= steady["facade_writes"]["status"]
+    assert steady["all"]["ok"] == steady["facade"]["ok"] + steady["direct"]["ok"]
+    assert phases["sidecar_lease_path"]["writes"].get("lease", 0) > 0
+
+
+def test_the_heartbeat_costs_are_sane(results: dict[str, Any]) -> None:
+    """Each path's cost was measured and is a cost (positive, finite); a bare Lease and the
+    new path write fewer bytes to etcd per heartbeat than whole Agent status patches (the
+    objects' sizes, not timings)."""
+    costs = results["runs"][0]["heartbeat_cost"]
+    for path in PATHS:
+        cost = costs[path]
+        assert cost["heartbeats"] > 0, path
+        assert 0 < cost["apiserver_cpu_ms_per_heartbeat"] < 10_000, (path, cost)
+        assert cost["etcd_bytes_per_heartbeat"] > 0, (path, cost)
+        assert cost["etcd_puts_per_heartbeat"] > 0, (path, cost)
+        assert cost["p50_ms"] <= cost["p99_ms"], (path, cost)
+    assert costs["floor"]["etcd_bytes_per_heartbeat"] < costs["old"]["etcd_bytes_per_heartbeat"]
+    assert costs["new"]["etcd_bytes_per_heartbeat"] < costs["old"]["etcd_bytes_per_heartbeat"]
+    assert costs["sidecar"]["etcd_bytes_per_heartbeat"] < costs["old"]["etcd_bytes_per_heartbeat"]
+    assert costs["ratios"]["apiserver_cpu_new_vs_floor"] > 0
+    # What the API server did: Lease renewals on the Lease paths, status patches on the old one.
+    for path in ("new", "sidecar", "floor"):
+        assert costs[path]["api_requests_per_heartbeat"].get("PATCH leases", 0) > 0.5, (path, costs[path])
+    assert costs["old"]["api_requests_per_heartbeat"].get("PATCH agents/status", 0) > 0.5, costs["old"]
+    per_agent = costs["per_1000_agents"]
+    assert per_agent["operator_rss_mb"] > 0
+    assert per_agent["apiserver_cores"] > 0
