@@ -36,7 +36,7 @@ system-deps: ## Install Debian packages the tests need (redis-server), if missin
 	@bash hack/ensure-system-deps.sh
 
 .PHONY: controlplane
-controlplane: $(VENV)/.installed ## Build kube-apiserver, kubectl, etcd and helm from Go modules into the cache (no-op when cached)
+controlplane: $(VENV)/.installed ## Build kube-apiserver, kube-controller-manager, kubectl, etcd and helm from Go modules into the cache (builds only what is missing)
 	$(VPY) -m agent_registry.localcluster.build
 
 ##@ Development
@@ -58,7 +58,7 @@ fmt: $(VENV)/.installed ## Format and auto-fix with ruff
 	$(VENV)/bin/ruff check --fix $(RUFF_PATHS)
 
 .PHONY: cluster
-cluster: deps controlplane ## Start a local kube-apiserver + etcd with the CRD installed; Ctrl-C stops it
+cluster: deps controlplane ## Start a local kube-apiserver + etcd + kube-controller-manager with the CRD installed; Ctrl-C stops it
 	$(VPY) -m agent_registry.localcluster --crds crds
 
 ##@ Run

@@ -1,4 +1,4 @@
-"""Fixtures for tests against real servers: kube-apiserver + etcd, and Redis, all on loopback.
+"""Fixtures for tests against real servers: kube-apiserver + etcd + kube-controller-manager, and Redis, all on loopback.
 
 Each server starts once per session, on first use; tests that use none of these
 fixtures start nothing. Every test gets its own namespace and an empty Redis.

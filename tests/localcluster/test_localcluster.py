@@ -17,6 +17,7 @@ import redis
 
 from agent_registry import kubeapi
 from agent_registry.kubeapi.sync import SyncApi
+from agent_registry.localcluster import build
 from agent_registry.localcluster.build import ETCD_VERSION, HELM_VERSION, KUBERNETES_VERSION, ensure_built
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.redis_server import LocalRedis
@@ -66,9 +67,35 @@ def test_built_binaries_report_their_versions() -> None:
         return (result.stdout or result.stderr).strip().splitlines()[0]
 
     assert first_line(str(built.kube_apiserver), "--version") == f"Kubernetes {KUBERNETES_VERSION}"
+    assert first_line(str(built.kube_controller_manager), "--version") == f"Kubernetes {KUBERNETES_VERSION}"
     assert first_line(str(built.etcd), "--version") == f"etcd Version: {ETCD_VERSION.lstrip('v')}"
     assert first_line(str(built.kubectl), "version", "--client") == f"Client Version: {KUBERNETES_VERSION}"
     assert first_line(str(built.helm), "version", "--short").startswith(HELM_VERSION)
+
+
+def test_a_cache_missing_one_binary_builds_only_that_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache filled before kube-controller-manager was added keeps its other binaries."""
+    monkeypatch.setenv("AGENT_REGISTRY_CACHE", str(tmp_path))
+    cached = build.binaries()
+    build.bin_dir().mkdir(parents=True)
+    for path in (cached.kube_apiserver, cached.kubectl, cached.etcd, cached.helm):
+        path.write_text("cached")
+    built: list[list[str]] = []
+
+    def fake_build(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+        built.append([t.name for t in targets])
+        for target in targets:
+            target.write_text("built")
+
+    for builder in ("_build_kubernetes", "_build_etcd", "_build_helm"):
+        monkeypatch.setattr(build, builder, fake_build)
+
+    build.ensure_built()
+
+    assert built == [["kube-controller-manager"]]
+    assert cached.kube_apiserver.read_text() == "cached"
+    build.ensure_built()
+    assert built == [["kube-controller-manager"]]  # nothing is missing now
 
 
 def test_apiserver_serves_its_version(controlplane: LocalControlPlane) -> None:
@@ -238,7 +265,8 @@ def test_redis_restarts_empty_on_the_same_port(redis_server: LocalRedis, redis_u
 def test_stop_leaves_no_processes_or_files() -> None:
     with LocalControlPlane() as cp:
         pids, workdir = cp.pids, cp.workdir
-        assert set(pids) == {"etcd", "kube-apiserver"}
+        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
+        assert set(cp.log_files) == set(pids)
         assert all(_alive(pid) for pid in pids.values())
     assert not any(_alive(pid) for pid in pids.values())
     assert not workdir.exists()
@@ -308,8 +336,9 @@ def test_main_runs_until_interrupted_then_cleans_up() -> None:
                 break
         kubeconfig = Path(printed["KUBECONFIG"])
         workdir = kubeconfig.parent
-        server_pids = _pids_mentioning(str(workdir))  # etcd and kube-apiserver name the workdir in their flags
-        assert len(server_pids) == 2
+        # etcd, kube-apiserver and kube-controller-manager name the workdir in their flags.
+        server_pids = _pids_mentioning(str(workdir))
+        assert len(server_pids) == 3
         redis_port = printed["REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
         redis_pids = _pids_mentioning(f"127.0.0.1:{redis_port}")
         assert len(redis_pids) == 1

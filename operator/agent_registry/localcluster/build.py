@@ -1,9 +1,10 @@
-"""Build kube-apiserver, kubectl, etcd and helm from their Go modules into a cache.
+"""Build kube-apiserver, kube-controller-manager, kubectl, etcd and helm from their Go modules into a cache.
 
 Neither Docker nor prebuilt downloads exist on the build machines, so the local control
 plane is compiled from source through the Go module proxy, once, into a cache directory
 outside the repository keyed by the versions. A second run finds the binaries and does
-nothing.
+nothing; a cache that lacks one of them (a tool added since it was filled) builds only that
+one.
 
 ``go install k8s.io/kubernetes/cmd/kube-apiserver@vX`` fails because the kubernetes
 module points its staging modules at ``./staging/...`` with ``replace`` lines, which the
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class Binaries:
     """Paths of the built control-plane tools."""
 
     kube_apiserver: Path
+    kube_controller_manager: Path
     kubectl: Path
     etcd: Path
     helm: Path
@@ -64,6 +67,7 @@ def binaries() -> Binaries:
     d = bin_dir()
     return Binaries(
         kube_apiserver=d / "kube-apiserver",
+        kube_controller_manager=d / "kube-controller-manager",
         kubectl=d / "kubectl",
         etcd=d / "etcd",
         helm=d / "helm",
@@ -135,29 +139,30 @@ def _kubernetes_ldflags() -> str:
     return "-s -w " + " ".join(flags)
 
 
-def _build_kubernetes(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+def _build_kubernetes(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+    """Each target is named after its command in ``k8s.io/kubernetes/cmd/``; all come from one wrapper."""
     work = scratch / "kubernetes"
     work.mkdir()
     staging = _staging_modules(_download_gomod("k8s.io/kubernetes", KUBERNETES_VERSION, env, work))
     staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
+    commands = [f"k8s.io/kubernetes/cmd/{target.name}" for target in targets]
     _write_wrapper(
         work,
         "agentregistry.local/kubernetes-tools",
         [("k8s.io/kubernetes", KUBERNETES_VERSION)],
         [(m, staging_version) for m in staging],
-        ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"],
+        commands,
     )
     _run(["go", "mod", "tidy"], work, env)
     ldflags = _kubernetes_ldflags()
-    for target, cmd in ((out.kube_apiserver, "kube-apiserver"), (out.kubectl, "kubectl")):
+    for target, command in zip(targets, commands, strict=True):
         tmp = target.with_suffix(".partial")
-        _run(
-            ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), f"k8s.io/kubernetes/cmd/{cmd}"], work, env
-        )
+        _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), command], work, env)
         tmp.rename(target)
 
 
-def _build_etcd(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+def _build_etcd(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+    (target,) = targets
     work = scratch / "etcd"
     work.mkdir()
     _write_wrapper(
@@ -168,12 +173,13 @@ def _build_etcd(out: Binaries, env: dict[str, str], scratch: Path) -> None:
         ["go.etcd.io/etcd/server/v3"],
     )
     _run(["go", "mod", "tidy"], work, env)
-    tmp = out.etcd.with_suffix(".partial")
+    tmp = target.with_suffix(".partial")
     _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"], work, env)
-    tmp.rename(out.etcd)
+    tmp.rename(target)
 
 
-def _build_helm(out: Binaries, env: dict[str, str], scratch: Path) -> None:
+def _build_helm(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+    (target,) = targets
     work = scratch / "helm"
     work.mkdir()
     _write_wrapper(
@@ -181,9 +187,9 @@ def _build_helm(out: Binaries, env: dict[str, str], scratch: Path) -> None:
     )
     _run(["go", "mod", "tidy"], work, env)
     ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    tmp = out.helm.with_suffix(".partial")
+    tmp = target.with_suffix(".partial")
     _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "helm.sh/helm/v3/cmd/helm"], work, env)
-    tmp.rename(out.helm)
+    tmp.rename(target)
 
 
 def ensure_built(force: bool = False) -> Binaries:
@@ -194,25 +200,34 @@ def ensure_built(force: bool = False) -> Binaries:
     if shutil.which("go") is None:
         raise RuntimeError("the go command is not on PATH; it is needed to build the control plane")
     steps = (
-        ((out.kube_apiserver, out.kubectl), _build_kubernetes, f"kube-apiserver and kubectl {KUBERNETES_VERSION}"),
-        ((out.etcd,), _build_etcd, f"etcd {ETCD_VERSION}"),
-        ((out.helm,), _build_helm, f"helm {HELM_VERSION}"),
+        ((out.kube_apiserver, out.kube_controller_manager, out.kubectl), _build_kubernetes, KUBERNETES_VERSION),
+        ((out.etcd,), _build_etcd, ETCD_VERSION),
+        ((out.helm,), _build_helm, HELM_VERSION),
     )
-    for targets, build, label in steps:
-        if not force and all(t.exists() for t in targets):
+    for targets, build, version in steps:
+        missing = targets if force else tuple(t for t in targets if not t.exists())
+        if not missing:
             continue
+        label = f"{_and(t.name for t in missing)} {version}"
         _log(f"building {label} into {bin_dir()} (first run only; takes several minutes)")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="agent-registry-build-") as scratch:
-            build(out, env, Path(scratch))
+            build(missing, env, Path(scratch))
         _log(f"built {label} in {time.monotonic() - started:.0f}s")
     return out
+
+
+def _and(names: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    *rest, last = names
+    return f"{', '.join(rest)} and {last}" if rest else last
 
 
 def versions(found: Binaries) -> dict[str, str]:
     """First line of each tool's own version output, to prove what was built."""
     commands = {
         "kube-apiserver": [str(found.kube_apiserver), "--version"],
+        "kube-controller-manager": [str(found.kube_controller_manager), "--version"],
         "kubectl": [str(found.kubectl), "version", "--client"],
         "etcd": [str(found.etcd), "--version"],
         "helm": [str(found.helm), "version", "--short"],

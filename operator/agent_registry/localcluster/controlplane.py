@@ -1,15 +1,20 @@
-"""A real kube-apiserver and etcd on loopback, the way controller-runtime's envtest runs them.
+"""A real kube-apiserver, etcd and kube-controller-manager on loopback.
 
-There is no controller-manager, scheduler or kubelet: objects are stored, validated,
-authorised and watched for real, but nothing reconciles them. Two consequences shape
-this module:
+kube-apiserver and etcd run the way controller-runtime's envtest runs them. The
+controller-manager runs two controllers only, the garbage collector and the namespace
+controller; there is no scheduler, kubelet or other controller: objects are stored,
+validated, authorised, watched and garbage-collected for real, but nothing else reconciles
+them. Consequences:
 
+* owner references work as in a real cluster: an Agent owned by a Pod goes when the Pod
+  goes, a Lease owned by an Agent when the Agent goes;
 * the ServiceAccount admission plugin is off (it would wait for a token controller that
-  never runs), and namespaces get no ``default`` ServiceAccount on their own;
-* deleting a namespace would leave it ``Terminating`` forever, because the namespace
-  controller is what empties and finalises it. :meth:`LocalControlPlane.delete_namespace`
-  does that controller's job itself, so test namespaces really disappear and no objects
-  (or operator timers on them) pile up over a session.
+  does not run), and namespaces get no ``default`` ServiceAccount on their own;
+* a deleted namespace is emptied and finalised by the namespace controller. That waits,
+  as it should, for every finalizer to be released, which an operator stopped by a test
+  never does; :meth:`LocalControlPlane.delete_namespace` therefore does the job itself, at
+  once, finalizers included, so test namespaces are gone before the next test starts and no
+  objects (or operator timers on them) pile up over a session.
 
 Usable outside pytest: ``python -m agent_registry.localcluster`` and ``make run`` reuse it.
 """
@@ -39,7 +44,7 @@ from agent_registry.kubeapi import paths
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.build import Binaries, ensure_built
 from agent_registry.localcluster.namespaces import purge_namespace
-from agent_registry.localcluster.pki import PkiFiles, generate_pki
+from agent_registry.localcluster.pki import CONTROLLER_MANAGER_USER, PkiFiles, generate_pki
 from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, ProcessExitedError, free_port, log
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
@@ -49,6 +54,20 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KEEP_WORKDIR_ENV = "AGENT_REGISTRY_KEEP_WORKDIR"
 _PORT_ATTEMPTS = 3
 _ADMIN_TIMEOUT_SECONDS = 30.0
+# Only the controllers the tests need, each running as its own kube-system ServiceAccount
+# (--use-service-account-credentials), the identities a kubeadm cluster gives them; the
+# chart's ownerRestriction.overrideSubjects names generic-garbage-collector.
+# - garbage-collector-controller: ownerReferences are how an Agent goes with its Pod and a
+#   Lease with its Agent; without it, tests of that would be tests of nothing.
+# - namespace-controller: deleting a namespace then completes as in a real cluster for
+#   whoever deletes it (kubectl, the e2e scenarios' clean-up, `make run` users), and the
+#   owner rule's exemption for a namespace being deleted is used by the identity it was
+#   written for. delete_namespace() still empties the namespace itself (the controller would
+#   wait forever on the finalizers of a stopped operator); the two race harmlessly, since
+#   either one's delete of something already gone ends in 404 or 409, which both accept.
+# Everything else (token, ServiceAccount, workload, node controllers) stays off: nothing in
+# the tests needs it, and each would add watches and CPU on a two-core machine.
+CONTROLLERS = ("garbage-collector-controller", "namespace-controller")
 _T = TypeVar("_T")
 
 
@@ -61,7 +80,7 @@ class KubectlError(subprocess.CalledProcessError):
 
 
 class LocalControlPlane:
-    """kube-apiserver + etcd in a temporary directory, with an admin kubeconfig.
+    """kube-apiserver + etcd + kube-controller-manager in a temporary directory, with an admin kubeconfig.
 
     ``with LocalControlPlane() as cp: cp.kubectl("get", "ns")``
     """
@@ -73,8 +92,10 @@ class LocalControlPlane:
         self._pki: PkiFiles | None = None
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
+        self._controller_manager: ManagedProcess | None = None
         self._etcd_client_port = 0
         self._apiserver_port = 0
+        self._controller_manager_port = 0
         self._last_readyz = "no answer yet"
         self._admin: SyncApi | None = None
 
@@ -87,26 +108,30 @@ class LocalControlPlane:
         self._binaries = ensure_built()
         self._workdir = Path(tempfile.mkdtemp(prefix="agent-registry-controlplane-"))
         atexit.register(self.stop)
-        log(f"starting etcd and kube-apiserver on {LOOPBACK} in {self._workdir}")
+        log(f"starting etcd, kube-apiserver and kube-controller-manager on {LOOPBACK} in {self._workdir}")
         try:
             self._pki = generate_pki(self._workdir / "pki")
             self._etcd = self._start_on_free_ports(self._new_etcd, self._wait_etcd_healthy)
             log(f"etcd up at {self.etcd_url} after {time.monotonic() - started:.1f}s")
             self._apiserver = self._start_on_free_ports(self._new_apiserver, self._wait_apiserver_ready)
-            self._write_kubeconfig()
+            self._write_kubeconfigs()
+            log(f"kube-apiserver ready at {self.server} after {time.monotonic() - started:.1f}s")
+            self._controller_manager = self._start_on_free_ports(
+                self._new_controller_manager, self._wait_controller_manager_healthy
+            )
         except BaseException:
             self.stop()
             raise
-        log(f"kube-apiserver ready at {self.server} after {time.monotonic() - started:.1f}s")
+        log(f"kube-controller-manager up after {time.monotonic() - started:.1f}s")
         return self
 
     def stop(self) -> None:
-        """Stop both servers and remove the work directory. Safe to call more than once."""
+        """Stop the servers and remove the work directory. Safe to call more than once."""
         atexit.unregister(self.stop)
         if self._admin is not None:
             self._admin.close()
-        # API server first, so it does not spend its last seconds retrying a vanished etcd.
-        for process in (self._apiserver, self._etcd):
+        # Clients before servers, so none spends its last seconds retrying a vanished one.
+        for process in (self._controller_manager, self._apiserver, self._etcd):
             if process is not None:
                 process.stop()
         if self._workdir is not None and self._workdir.exists():
@@ -143,28 +168,40 @@ class LocalControlPlane:
         if self._apiserver is not None and self._apiserver.running:
             self._wait_apiserver_ready(self._apiserver)
 
+    def stop_controller_manager(self) -> None:
+        self._require(self._controller_manager).stop()
+
+    def start_controller_manager(self) -> None:
+        """Start kube-controller-manager again on the same port; it rebuilds its view from the API server."""
+        controller_manager = self._require(self._controller_manager)
+        controller_manager.start()
+        self._wait_controller_manager_healthy(controller_manager)
+
     def pause(self, component: str) -> None:
-        """SIGSTOP ``"kube-apiserver"`` or ``"etcd"``: connections stay open, nothing answers."""
+        """SIGSTOP ``"kube-apiserver"``, ``"etcd"`` or ``"kube-controller-manager"``: connections
+        stay open, nothing answers."""
         self._component(component).pause()
 
     def resume(self, component: str) -> None:
         self._component(component).resume()
 
     def _component(self, component: str) -> ManagedProcess:
-        processes = {"kube-apiserver": self._apiserver, "etcd": self._etcd}
+        self._require(self._workdir)
+        processes = {p.name: p for p in self._processes}
         if component not in processes:
             raise ValueError(f"component must be one of {sorted(processes)}, not {component!r}")
-        return self._require(processes[component])
+        return processes[component]
 
     def ensure_running(self) -> None:
         """Start whichever server a fault test left stopped or paused, etcd first."""
-        for process in (self._etcd, self._apiserver):
-            if process is not None:
-                process.resume()
+        for process in self._processes:
+            process.resume()
         if not self._require(self._etcd).running:
             self.start_etcd()
         if not self._require(self._apiserver).running:
             self.start_apiserver()
+        if not self._require(self._controller_manager).running:
+            self.start_controller_manager()
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the API server's /readyz says ok."""
@@ -211,11 +248,11 @@ class LocalControlPlane:
     @property
     def pids(self) -> dict[str, int]:
         """Process ids of the servers that are running now."""
-        return {p.name: p.pid for p in (self._etcd, self._apiserver) if p is not None and p.running and p.pid}
+        return {p.name: p.pid for p in self._processes if p.running and p.pid}
 
     @property
     def log_files(self) -> dict[str, Path]:
-        return {p.name: p.log_path for p in (self._etcd, self._apiserver) if p is not None}
+        return {p.name: p.log_path for p in self._processes}
 
     def admin_ssl_context(self) -> ssl.SSLContext:
         """TLS settings that trust the API server and authenticate as the cluster admin."""
@@ -282,6 +319,11 @@ class LocalControlPlane:
         return SyncApi(kubeapi.Connection.direct(self.server, self.admin_ssl_context()), timeout=_ADMIN_TIMEOUT_SECONDS)
 
     # -- internals ---------------------------------------------------------------------------
+
+    @property
+    def _processes(self) -> list[ManagedProcess]:
+        """The servers started so far, in start order."""
+        return [p for p in (self._etcd, self._apiserver, self._controller_manager) if p is not None]
 
     @property
     def _api(self) -> SyncApi:
@@ -364,7 +406,7 @@ class LocalControlPlane:
             "--authorization-mode=RBAC",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
-            # Would hold every pod until a token controller (controller-manager) makes a token.
+            # Would hold every pod until a token controller makes a token; the controller-manager runs none.
             "--disable-admission-plugins=ServiceAccount",
         ]
         return ManagedProcess("kube-apiserver", argv, self.workdir / "logs" / "kube-apiserver.log")
@@ -383,11 +425,54 @@ class LocalControlPlane:
             verbose = _http_get(f"{self.server}/readyz?verbose", context)[1]
             raise TimeoutError(f"{error}\nlast /readyz: {self._last_readyz}\n/readyz?verbose:\n{verbose}") from None
 
-    def _write_kubeconfig(self) -> None:
+    @property
+    def _controller_manager_kubeconfig(self) -> Path:
+        return self.workdir / "kube-controller-manager.kubeconfig"
+
+    def _new_controller_manager(self) -> ManagedProcess:
+        self._controller_manager_port = free_port()
+        argv = [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={self._controller_manager_kubeconfig}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self._controller_manager_port}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--use-service-account-credentials=true",
+            # One instance, started and stopped by us: nothing to elect, and no Lease to wait out after a restart.
+            "--leader-elect=false",
+        ]
+        # Nothing but the probe below calls its server, on /healthz, which needs no
+        # authentication: no --authentication-kubeconfig or --authorization-kubeconfig, and
+        # the serving certificate it makes for itself in memory will do.
+        return ManagedProcess("kube-controller-manager", argv, self.workdir / "logs" / "kube-controller-manager.log")
+
+    def _wait_controller_manager_healthy(self, controller_manager: ManagedProcess) -> None:
+        # Its certificate is self-signed, and the question is only whether it is up.
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+
+        def healthy() -> bool:
+            status, body = _http_get(f"https://{LOOPBACK}:{self._controller_manager_port}/healthz", unverified)
+            return status == 200 and body.strip() == "ok"
+
+        controller_manager.wait_until(healthy, self.startup_timeout, "/healthz says ok")
+
+    def _write_kubeconfigs(self) -> None:
+        pki = self._require(self._pki)
+        self._write_kubeconfig(self.kubeconfig, "admin", pki.admin_cert, pki.admin_key)
+        self._write_kubeconfig(
+            self._controller_manager_kubeconfig,
+            CONTROLLER_MANAGER_USER,
+            pki.controller_manager_cert,
+            pki.controller_manager_key,
+        )
+
+    def _write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
         pki = self._require(self._pki)
 
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
+        def b64(file: Path) -> str:
+            return base64.b64encode(file.read_bytes()).decode()
 
         # Credentials are embedded so the file works on its own for kubectl, kopf and client libraries.
         config = {
@@ -396,17 +481,12 @@ class LocalControlPlane:
             "clusters": [
                 {"name": "local", "cluster": {"server": self.server, "certificate-authority-data": b64(pki.ca_cert)}}
             ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {"client-certificate-data": b64(pki.admin_cert), "client-key-data": b64(pki.admin_key)},
-                }
-            ],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+            "users": [{"name": user, "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
             "current-context": "local",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
 
 
 _NO_PROXY = urllib.request.ProxyHandler({})

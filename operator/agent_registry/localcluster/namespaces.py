@@ -1,14 +1,16 @@
-"""Deleting a namespace on a control plane that has no namespace controller.
+"""Deleting a namespace at once, whatever its objects' finalizers say.
 
-In a real cluster, deleting a namespace only marks it ``Terminating``; the namespace
-controller (in kube-controller-manager) then deletes every object in it and finally
-clears the namespace's ``kubernetes`` finalizer so it disappears. Without that controller
-the namespace would stay ``Terminating`` forever, and its objects — Agents with their
-operator timers among them — would pile up over a test session.
+Deleting a namespace only marks it ``Terminating``; the namespace controller (in
+kube-controller-manager, which the local control plane runs) then deletes every object in
+it and finally clears the namespace's ``kubernetes`` finalizer so it disappears. It does
+that in the background, and it waits for as long as any object is held by a finalizer:
+an operator's finalizers on Agents, after a test stopped that operator, would keep the
+namespace, its Agents and their operator timers around for the rest of the session.
 
-:func:`purge_namespace` does the controller's job. It goes one step further: objects held
-by finalizers (an operator's, say, after the operator stopped) get those finalizers
-removed, so nothing survives the namespace.
+:func:`purge_namespace` does the controller's job itself, synchronously, and goes one step
+further: objects held by finalizers get those finalizers removed, so nothing survives the
+namespace. The controller may be working on the same namespace meanwhile; whichever of the
+two comes second finds objects gone (404) or changed (409), which both take as done.
 """
 
 from __future__ import annotations

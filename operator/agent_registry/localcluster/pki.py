@@ -1,9 +1,11 @@
 """Certificates and keys for a throwaway local control plane.
 
-One CA signs both the API server's serving certificate and the admin client
-certificate, so a single ``ca.crt`` lets clients verify the server and lets the
-server verify clients (``--client-ca-file``). The admin is in ``system:masters``,
-which RBAC lets do everything without any binding. The service-account key pair is
+One CA signs the API server's serving certificate and the client certificates, so a
+single ``ca.crt`` lets clients verify the server and lets the server verify clients
+(``--client-ca-file``). The admin is in ``system:masters``, which RBAC lets do everything
+without any binding. kube-controller-manager gets the username a real cluster gives it,
+``system:kube-controller-manager``, whose bootstrap ClusterRole lets it create the
+ServiceAccounts and tokens its controllers then run as. The service-account key pair is
 RSA because it signs and verifies service-account tokens (RS256).
 
 Everything is generated fresh for each control plane and lives only in its work
@@ -30,6 +32,7 @@ SERVING_DNS_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernete
 SERVING_IPS = ("127.0.0.1", SERVICE_IP)
 ADMIN_USER = "admin"
 ADMIN_GROUP = "system:masters"
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # Long enough for any test session or `make run`, short enough to be obviously throwaway.
 VALIDITY = datetime.timedelta(days=7)
 # Tolerates small clock differences between this process and the API server's checks.
@@ -46,6 +49,8 @@ class PkiFiles:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    controller_manager_cert: Path
+    controller_manager_key: Path
     service_account_key: Path
     service_account_public_key: Path
 
@@ -166,13 +171,14 @@ def _key_pem(key: TlsKey | rsa.RSAPrivateKey) -> bytes:
 
 
 def generate_pki(directory: Path) -> PkiFiles:
-    """Create the CA, serving and admin certificates and the service-account keys in ``directory``."""
+    """Create the CA, the serving and client certificates and the service-account keys in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _make_ca()
     serving_cert, serving_key = _make_leaf(
         ca_cert, ca_key, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, _serving_sans()
     )
     admin_cert, admin_key = _make_leaf(ca_cert, ca_key, _name(ADMIN_USER, ADMIN_GROUP), ExtendedKeyUsageOID.CLIENT_AUTH)
+    kcm_cert, kcm_key = _make_leaf(ca_cert, ca_key, _name(CONTROLLER_MANAGER_USER), ExtendedKeyUsageOID.CLIENT_AUTH)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_public = sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -184,6 +190,8 @@ def generate_pki(directory: Path) -> PkiFiles:
         serving_key=_write(directory / "apiserver.key", _key_pem(serving_key), private=True),
         admin_cert=_write(directory / "admin.crt", _cert_pem(admin_cert)),
         admin_key=_write(directory / "admin.key", _key_pem(admin_key), private=True),
+        controller_manager_cert=_write(directory / "kube-controller-manager.crt", _cert_pem(kcm_cert)),
+        controller_manager_key=_write(directory / "kube-controller-manager.key", _key_pem(kcm_key), private=True),
         service_account_key=_write(directory / "sa.key", _key_pem(sa_key), private=True),
         service_account_public_key=_write(directory / "sa.pub", sa_public),
     )

@@ -223,7 +223,7 @@ class Stack:
             with self._stage(f"using the cluster of KUBECONFIG={kubeconfig}"), kube.connect(kubeconfig) as api:
                 _progress(f"    Kubernetes {kube.server_version(api)} answers")
             return kubeconfig
-        with self._stage("starting the embedded control plane (kube-apiserver + etcd; the first run builds them)"):
+        with self._stage("starting the embedded control plane (the first run builds it)"):
             controlplane = self._controlplane = self._exit.enter_context(LocalControlPlane())
         return controlplane.kubeconfig
 
