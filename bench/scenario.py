@@ -270,9 +270,15 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         heartbeats.facade = facade
         # Each agent's Lease, once, as the sidecar creates it at its first heartbeat. The
         # operator counts each creation as a heartbeat: done before the books open.
-        progress(f"N={n}: creating {n} agents' Leases (owned by their Agents, labelled)")
+        waited = await asyncio.to_thread(stack.wait_gc_watches_crds)
+        progress(
+            f"N={n}: creating {n} agents' Leases (owned by their Agents, labelled; waited {waited:.0f}s for the GC)"
+        )
         registered_by = f"system:serviceaccount:{NAMESPACE}:{CLIENT_ACCOUNT}"
-        phases["agent_leases"] = {"create": await create_agent_leases(control, fleet, registered_by)}
+        phases["agent_leases"] = {
+            "waited_for_gc_seconds": round(waited, 1),
+            "create": await create_agent_leases(control, fleet, registered_by),
+        }
         # One interval the new way before the books open, not measured: a fresh facade reads
         # each REST agent's Agent at its first heartbeat (the owner rule's cache, kept 5
         # minutes), a one-off of the facade's start, not a cost of every heartbeat.
