@@ -1,17 +1,18 @@
 """One benchmark run at N agents, phase by phase, on a fresh control plane.
 
-1. ``create``: N Agents through the API server (32 at a time); heartbeats start at once,
-   as direct status patches (the sidecar's first heartbeat writes status too), so no
-   agent is ever silent longer than its interval.
+1. ``create``: N Agents through the API server (32 at a time); once kube-controller-manager's
+   garbage collector watches Agents, every agent's Lease (``agent_leases``: as the sidecar
+   creates it at its first heartbeat, owned by the Agent, labelled for the operator's
+   watch). Heartbeats start at once, the new way: each agent renews its Lease directly as
+   the sidecar does (refreshing its status every ``status_refresh_seconds``, spread
+   evenly), so no agent is ever silent longer than its interval.
 2. ``initialise``: the operator's first start; until every Agent has a phase.
 3. ``cold_start``: SIGTERM the operator, FLUSHALL Redis, start it again: time to a
    complete Redis index with N existing, heartbeating Agents.
-4. The facade starts; every agent's Lease is created (``agent_leases``: as the sidecar
-   creates it, owned by the Agent, labelled for the operator's watch); heartbeats go the
-   new way for one interval: even agents through the facade (which renews their Leases),
-   odd ones renewing their Leases directly as the sidecar does (and refreshing their
-   status every ``status_refresh_seconds``, spread evenly). They pause for a moment so
-   the operator's heartbeat counter can be read at rest (the books open), and resume.
+4. The facade starts; heartbeats go on for one interval with even agents through the
+   facade (which renews their Leases), odd ones renewing directly. They pause for a
+   moment so the operator's heartbeat counter can be read at rest (the books open), and
+   resume.
 5. ``heartbeats``: that steady state for ``--heartbeat-seconds``: the *new path* of the
    heartbeat cost comparison, with the operator watching Leases and the facade serving.
 6. ``sidecar_lease_path``: every agent renews its Lease directly (the new path without
@@ -192,13 +193,25 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         sampler.end("create")
         phases["create"]["usage"] = sampler.summary("create")
         phases["create"]["etcd_after"] = stack.etcd_figures()
+        # Each agent's Lease, once, as a sidecar creates it at its first heartbeat: the fleet
+        # heartbeats the new way from the operator's first start on. The operator counts
+        # each creation as a heartbeat: done before the books open.
+        waited = await asyncio.to_thread(stack.wait_gc_watches_crds)
+        progress(
+            f"N={n}: creating {n} agents' Leases (owned by their Agents, labelled; waited {waited:.0f}s for the GC)"
+        )
+        registered_by = f"system:serviceaccount:{NAMESPACE}:{CLIENT_ACCOUNT}"
+        phases["agent_leases"] = {
+            "waited_for_gc_seconds": round(waited, 1),
+            "create": await create_agent_leases(control, fleet, registered_by),
+        }
         heartbeats = Heartbeats(fleet, None, api, status_refresh=options.status_refresh_seconds)
         heartbeats.route = "direct"
-        heartbeats.writer = STATUS
+        heartbeats.writer = LEASE
         heartbeats.start()
 
         # 2. initialise --------------------------------------------------------------------------
-        progress(f"N={n}: operator first start, initialising every agent (heartbeats running, direct)")
+        progress(f"N={n}: operator first start, initialising every agent (Lease heartbeats running, direct)")
         watch = AgentWatch(control, NAMESPACE).start()
         sampler.mark("initialise")
         started = time.monotonic()
@@ -268,23 +281,11 @@ async def _run(stack: Stack, sampler: Sampler, n: int, options: Options, result:
         queries = session(stack.facade_url, token=stack.token, ssl_context=None, connections=QUERY_CONNECTIONS)
         await _wait_ready(queries)
         heartbeats.facade = facade
-        # Each agent's Lease, once, as the sidecar creates it at its first heartbeat. The
-        # operator counts each creation as a heartbeat: done before the books open.
-        waited = await asyncio.to_thread(stack.wait_gc_watches_crds)
-        progress(
-            f"N={n}: creating {n} agents' Leases (owned by their Agents, labelled; waited {waited:.0f}s for the GC)"
-        )
-        registered_by = f"system:serviceaccount:{NAMESPACE}:{CLIENT_ACCOUNT}"
-        phases["agent_leases"] = {
-            "waited_for_gc_seconds": round(waited, 1),
-            "create": await create_agent_leases(control, fleet, registered_by),
-        }
         # One interval the new way before the books open, not measured: a fresh facade reads
         # each REST agent's Agent at its first heartbeat (the owner rule's cache, kept 5
         # minutes), a one-off of the facade's start, not a cost of every heartbeat.
         progress(f"N={n}: heartbeats the new way for one interval ({timing.interval}s) before measuring")
         heartbeats.route = "mixed"
-        heartbeats.writer = LEASE
         await asyncio.sleep(timing.interval + 1)
         baseline = await _quiesce(stack, heartbeats)
         # Heartbeats so far (while the operator initialised and restarted) are not the steady state.
