@@ -3,6 +3,7 @@ matching agent, never an unhealthy, degraded or unreachable one."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -121,3 +122,32 @@ def test_routing_never_returns_an_unreachable_agent(
                     ),
                 )
         assert failures == []
+
+
+def test_replicas_share_one_round_robin_through_the_index(
+    operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], agents: Agents
+) -> None:
+    """Agents this facade never wrote are routed by the index itself: one record read per
+    pick, and one turn counter per question for every replica, so two facades asked in
+    turn still hand out the agents in turn."""
+    for name in "abc":
+        agents.create(name, type="performance", capabilities=["latency"])
+        agents.heartbeat(name)
+    first, second = make_facade(), make_facade()
+    with first.client() as one, second.client() as two:
+        wait_for(
+            "the index to hold three healthy agents",
+            lambda: (
+                [a["name"] for a in one.get("/agents/healthy", params={"type": "performance"}).json()["agents"]]
+                == ["a", "b", "c"]
+            ),
+        )
+        question = {"type": "performance", "capability": "latency"}
+        picks = [(one if turn % 2 == 0 else two).get("/agents/route", params=question) for turn in range(12)]
+        assert all(pick.status_code == 200 for pick in picks), [pick.text for pick in picks]
+        names = [pick.json()["name"] for pick in picks]
+        assert Counter(names) == {"a": 4, "b": 4, "c": 4}
+        assert all(before != after for before, after in itertools.pairwise(names)), names
+        # What the index picked is the agent as GET /agents/{id} shows it.
+        picked = picks[-1].json()
+        assert one.get(f"/agents/{picked['id']}").json() == picked

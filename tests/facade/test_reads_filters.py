@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent_registry.facade.reads import matches
+from agent_registry.facade.reads import matches_filters as matches
 from agent_registry.schema.rest import AgentView
 
 VIEW = AgentView(

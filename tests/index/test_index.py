@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -577,3 +579,66 @@ def test_parsed_records_are_shared_per_json_and_bounded() -> None:
     parsed.parse(c)
     assert parsed.parse(a) is not first  # the oldest made room
     assert parsed.parse(a) == first
+
+
+# --- routing and wire forms --------------------------------------------------------------
+
+
+async def test_route_picks_round_robin_among_healthy_matches(writer: IndexWriter, reader: IndexReader) -> None:
+    candidates = [record(name, capabilities=["tune", "scale"], phase="Healthy") for name in "abc"]
+    others = [
+        record("degraded", capabilities=["tune", "scale"], phase="Degraded"),
+        record("no-scale", capabilities=["tune"], phase="Healthy"),
+        record("other-type", agent_type="performance", capabilities=["tune", "scale"], phase="Healthy"),
+        record("elsewhere", namespace="team-b", capabilities=["tune", "scale"], phase="Healthy"),
+    ]
+    for agent in candidates + others:
+        await writer.upsert(agent)
+
+    picks = [await reader.route("team-a", "cost", ["scale", "tune"]) for _ in range(30)]
+
+    assert all(pick is not None for pick in picks)
+    counts = {name: sum(1 for p in picks if p is not None and p.record.name == name) for name in "abc"}
+    assert counts == {"a": 10, "b": 10, "c": 10}
+    # A turn lasts one pick: consecutive picks of a stable set never repeat.
+    assert all(p is not None and q is not None and p.record.id != q.record.id for p, q in itertools.pairwise(picks))
+
+
+async def test_route_counter_is_shared_by_readers_and_per_question(
+    writer: IndexWriter, reader: IndexReader, redis_url: str
+) -> None:
+    for name in "ab":
+        await writer.upsert(record(name, capabilities=["tune"], phase="Healthy"))
+    other = IndexReader(connect(redis_url))
+    try:
+        first = await reader.route("team-a", "cost", ["tune"])
+        second = await other.route("team-a", "cost", ["tune"])  # another replica takes the next turn
+        assert first is not None and second is not None
+        assert first.record.name != second.record.name
+        # The same question with the capabilities in another order shares the counter.
+        again = await other.route("team-a", "cost", ["tune", "tune"])
+        assert again is not None and again.record.name == first.record.name
+    finally:
+        await other.redis.aclose()  # type: ignore[attr-defined,unused-ignore]
+
+
+async def test_route_without_a_match_or_an_index(writer: IndexWriter, reader: IndexReader, client: RedisClient) -> None:
+    await writer.upsert(record("sick", capabilities=["tune"], phase="Unhealthy"))
+    assert await reader.route("team-a", "cost", ["tune"]) is None
+    assert await reader.route("team-a", "resource", []) is None
+    assert await reader.route("*", "cost", []) is None  # not a namespace: matches nothing
+    await client.flushall()
+    with pytest.raises(IndexLost):
+        await reader.route("team-a", "cost", ["tune"])
+
+
+async def test_listed_wire_is_the_rest_agent_as_json(writer: IndexWriter, reader: IndexReader) -> None:
+    agents = [record("b", metadata={"zone": "ü"}), record("a")]
+    for agent in agents:
+        await writer.upsert(agent)
+    listed = await reader.query_listed("team-a")
+    assert [entry.record.name for entry in listed] == ["a", "b"]
+    for entry in listed:
+        assert json.loads(entry.wire) == entry.record.to_json()
+    assert "metadata" not in json.loads(listed[0].wire)  # empty metadata is omitted, as the original did
+    assert json.loads(listed[1].wire)["metadata"] == {"zone": "ü"}

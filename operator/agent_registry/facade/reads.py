@@ -26,13 +26,17 @@ from agent_registry.facade import metrics
 from agent_registry.facade.errors import unavailable
 from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
+from agent_registry.facade.routing import RoundRobin
 from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
+from agent_registry.index.reader import wire_json
 from agent_registry.kubeapi import Unavailable
 from agent_registry.schema.agent import AgentStatus, Phase
 from agent_registry.schema.rest import AgentView, agent_view_from_resource
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+Match = tuple[AgentView, bytes | None]
+"""An agent in a list answer, with its wire form when the index had it serialised."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def _view(resource: dict[str, Any], *, reported_wins: bool) -> AgentView | None:
     return view
 
 
-def matches(view: AgentView, agent_type: str | None, capabilities: Sequence[str], status: str | None) -> bool:
+def matches_filters(view: AgentView, agent_type: str | None, capabilities: Sequence[str], status: str | None) -> bool:
     return (
         (agent_type is None or view.type == agent_type)
         and (status is None or view.status == status)
@@ -141,10 +145,11 @@ class _Listing:
 
 
 class Reads:
-    def __init__(self, kube: Kube, index: IndexAccess, recent: RecentWrites) -> None:
+    def __init__(self, kube: Kube, index: IndexAccess, recent: RecentWrites, round_robin: RoundRobin) -> None:
         self.kube = kube
         self.index = index
         self.recent = recent
+        self.round_robin = round_robin
         self._listings: dict[str, _Listing] = {}
 
     async def locate(self, namespace: str, agent_id: str) -> Located | None:
@@ -222,28 +227,68 @@ class Reads:
         status: str | None = None,
     ) -> list[AgentView]:
         """Agents matching every filter (all ``capabilities``), sorted by name."""
+        return [view for view, _ in await self._matches(namespace, agent_type, capabilities, status)]
+
+    async def query_json(
+        self,
+        namespace: str,
+        agent_type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+    ) -> bytes:
+        """The list answer's body (``{"agents": [...], "count": n}``) for the same query.
+
+        An agent the index answered for is joined in as its stored wire form, serialised
+        once per version of its record: a list of 1,000 agents costs no model work."""
+        matches = await self._matches(namespace, agent_type, capabilities, status)
+        parts = [wire if wire is not None else wire_json(view.to_json()) for view, wire in matches]
+        return b'{"agents":[' + b",".join(parts) + b'],"count":' + str(len(parts)).encode() + b"}"
+
+    async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Match | None:
+        """One healthy agent of the type with every capability, picks spread round robin
+        over all that match; None when none does.
+
+        The index picks (one record read, whatever the number of candidates) unless this
+        process wrote to the namespace lately: then the candidates are listed, so that its
+        writes count, and the pick is made here."""
+        if next(self.recent.in_namespace(namespace), None) is None:
+            try:
+                listed = await self.index.call(lambda reader: reader.route(namespace, agent_type, capabilities))
+            except IndexUnavailable:
+                pass
+            else:
+                metrics.READS.labels(source="index").inc()
+                return None if listed is None else (listed.record.agent, listed.wire)
+        candidates = await self._matches(namespace, agent_type, capabilities, "healthy")
+        return self.round_robin.pick((namespace, agent_type, tuple(sorted(set(capabilities)))), candidates)
+
+    async def _matches(
+        self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
+    ) -> list[Match]:
         try:
-            records = await self.index.call(lambda reader: reader.query(namespace, agent_type, capabilities, status))
+            listed = await self.index.call(
+                lambda reader: reader.query_listed(namespace, agent_type, capabilities, status)
+            )
         except IndexUnavailable:
             return await self._query_api(namespace, agent_type, capabilities, status)
         metrics.READS.labels(source="index").inc()
-        views = {record.id: record.agent for record in records}
-        versions = {record.id: record.resource_version for record in records}
+        matches: dict[str, Match] = {entry.record.id: (entry.record.agent, entry.wire) for entry in listed}
+        versions = {entry.record.id: entry.record.resource_version for entry in listed}
         unsure: list[tuple[RecentWrite, AgentView]] = []
         for write in self.recent.in_namespace(namespace):
             if write.deleted:
-                views.pop(write.agent_id, None)
+                matches.pop(write.agent_id, None)
                 continue
             if write.agent_id in versions and not is_older(versions[write.agent_id], write.resource_version):
                 continue  # the index has caught up
             view = written_view(write)
-            matching = view is not None and matches(view, agent_type, capabilities, status)
+            matching = view is not None and matches_filters(view, agent_type, capabilities, status)
             if write.agent_id in versions:
                 # The index holds an older version: the write decides whether it matches.
                 if view is not None and matching:
-                    views[write.agent_id] = view
+                    matches[write.agent_id] = (view, None)
                 else:
-                    views.pop(write.agent_id, None)
+                    matches.pop(write.agent_id, None)
             elif view is not None and matching:
                 # Absent from the answer: the index may lack the agent, or hold a newer
                 # version that does not match (it went Unreachable since). Only its record says.
@@ -255,12 +300,12 @@ class Reads:
                 return await self._query_api(namespace, agent_type, capabilities, status)
             index_lacks_it = record is None or record.namespace != namespace
             if index_lacks_it or (record is not None and is_older(record.resource_version, write.resource_version)):
-                views[write.agent_id] = view
-        return _sorted(views.values())
+                matches[write.agent_id] = (view, None)
+        return _sorted(matches.values())
 
     async def _query_api(
         self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
-    ) -> list[AgentView]:
+    ) -> list[Match]:
         # Filter here rather than by the type label: the operator sets that label, and an
         # agent it has not seen yet must not be missing from the answer.
         try:
@@ -271,7 +316,7 @@ class Reads:
                 f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
             ) from exc
         metrics.READS.labels(source="api").inc()
-        return _sorted(v for v in views if matches(v, agent_type, capabilities, status))
+        return _sorted((v, None) for v in views if matches_filters(v, agent_type, capabilities, status))
 
     async def _every_agent(self, namespace: str) -> list[AgentView]:
         """Every agent of the namespace from the API server, one LIST shared by concurrent callers.
@@ -335,5 +380,5 @@ def _getter(agent_id: str) -> Callable[[IndexReader], Awaitable[IndexedAgent | N
     return lambda reader: reader.get(agent_id)
 
 
-def _sorted(views: Iterable[AgentView]) -> list[AgentView]:
-    return sorted(views, key=lambda view: (view.name, view.id))
+def _sorted(matches: Iterable[Match]) -> list[Match]:
+    return sorted(matches, key=lambda match: (match[0].name, match[0].id))

@@ -59,9 +59,8 @@ class Registry:
         self.recent = RecentWrites(settings.read_your_writes_seconds)
         self.index = IndexAccess(reader, settings.redis_retry_seconds)
         self.auth = Authenticator(kube, settings)
-        self.reads = Reads(kube, self.index, self.recent)
+        self.reads = Reads(kube, self.index, self.recent, RoundRobin())
         self.writes = Writes(kube, self.auth, self.recent, settings)
-        self.round_robin = RoundRobin()
 
     @classmethod
     def from_settings(cls, settings: FacadeSettings) -> Registry:

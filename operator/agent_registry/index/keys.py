@@ -6,6 +6,7 @@ complete new index beside the live one and switch to it in one step::
     <p> = <prefix>:v2                 format version: a new layout gets a fresh keyspace
     <p>:current                       string  id of the live generation (the pointer)
     <p>:pending                       set     ids of generations a resync is building
+    <p>:rr:<scope>:<type>:<caps>      string  a routing question's round-robin counter (expires)
     <p>:g:<gen>:meta                  hash    marker: agents (record count), state, created
     <p>:g:<gen>:rec                   hash    agent id -> IndexedAgent JSON
     <p>:g:<gen>:names                 hash    "<namespace>/<name>" -> agent id
@@ -77,6 +78,10 @@ class KeyLayout:
     def generations_pattern(self) -> str:
         """A SCAN pattern for all generation keys (the prefix may contain glob characters)."""
         return re.sub(r"([\\*?\[\]])", r"\\\1", self.generations) + "*"
+
+    def route_counter(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> str:
+        """The round-robin counter of one routing question (capabilities in any order)."""
+        return f"{self.root}:rr:{namespace}:{agent_type}:{','.join(sorted(set(capabilities)))}"
 
     def generation(self, gen: str) -> str:
         return f"{self.generations}{gen}:"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
@@ -47,29 +49,49 @@ def text(value: str | bytes) -> str:
 
 
 _PARSED_ENTRIES = 10_000
+ROUTE_COUNTER_SECONDS = 3600
+"""A routing question nobody asked for an hour starts its round robin afresh."""
+
+
+def wire_json(document: Any) -> bytes:
+    """JSON as the facade's responses spell it (Starlette's ``JSONResponse`` settings)."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A record with its REST ``Agent`` already serialised: a list answer joins these."""
+
+    record: IndexedAgent
+    wire: bytes
 
 
 class _ParsedRecords:
-    """Records parsed lately, by their exact JSON.
+    """Records parsed lately, by their exact JSON, each with its wire form.
 
     A discovery query returns the same records again and again (an agent's record changes
-    once per heartbeat interval), and parsing them was most of a query's CPU. Records are
-    frozen, so one parsed copy can be shared; the oldest entries make room first.
+    once per heartbeat interval), and parsing them, then serialising them again for the
+    answer, was most of a query's CPU. Records are frozen, so one parsed copy can be
+    shared; the oldest entries make room first.
     """
 
     def __init__(self, size: int = _PARSED_ENTRIES) -> None:
         self.size = size
-        self._records: dict[str, IndexedAgent] = {}
+        self._records: dict[str, Listed] = {}
 
     def parse(self, raw: str | bytes) -> IndexedAgent:
+        return self.listed(raw).record
+
+    def listed(self, raw: str | bytes) -> Listed:
         key = text(raw)
-        record = self._records.get(key)
-        if record is None:
+        entry = self._records.get(key)
+        if entry is None:
             record = IndexedAgent.model_validate_json(key)
+            entry = Listed(record, wire_json(record.to_json()))
             while len(self._records) >= self.size:
                 del self._records[next(iter(self._records))]
-            self._records[key] = record
-        return record
+            self._records[key] = entry
+        return entry
 
 
 def _no_index(reply: Any) -> bool:
@@ -90,6 +112,7 @@ class IndexReader:
         self._get = redis.register_script(scripts.GET)
         self._get_by_name = redis.register_script(scripts.GET_BY_NAME)
         self._query = redis.register_script(scripts.QUERY)
+        self._route = redis.register_script(scripts.ROUTE)
         self._is_intact = redis.register_script(scripts.IS_INTACT)
         self._parsed = _ParsedRecords()
 
@@ -114,6 +137,16 @@ class IndexReader:
     ) -> list[IndexedAgent]:
         """Agents matching every given filter (all ``capabilities`` must match), sorted
         by name; ``namespace=None`` means all namespaces."""
+        return [entry.record for entry in await self.query_listed(namespace, type, capabilities, status)]
+
+    async def query_listed(
+        self,
+        namespace: str | None,
+        type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+    ) -> list[Listed]:
+        """As ``query``, each record with its wire form."""
         if not self._valid_scope(namespace):
             return []
         with translated_errors():
@@ -123,9 +156,27 @@ class IndexReader:
             )
             if _no_index(reply):
                 raise IndexLost("no index in redis")
-            records = [self._parsed.parse(raw) for raw in reply]
-        records.sort(key=lambda record: (record.name, record.namespace))
-        return records
+            entries = [self._parsed.listed(raw) for raw in reply]
+        entries.sort(key=lambda entry: (entry.record.name, entry.record.namespace))
+        return entries
+
+    async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Listed | None:
+        """One healthy agent of the type with every capability, round robin over all that
+        match (one counter per question, shared by every reader); None when none does."""
+        if not self._valid_scope(namespace):
+            return None
+        with translated_errors():
+            reply = await self._route(
+                keys=[self.layout.current, self.layout.route_counter(namespace, agent_type, capabilities)],
+                args=[
+                    self.layout.generations,
+                    ROUTE_COUNTER_SECONDS,
+                    *k.query_sets(namespace, agent_type, capabilities, "healthy"),
+                ],
+            )
+            if _no_index(reply):
+                raise IndexLost("no index in redis")
+            return None if reply is None else self._parsed.listed(reply)
 
     async def count(
         self,

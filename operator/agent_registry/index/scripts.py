@@ -254,6 +254,33 @@ return out
 """
 )
 
+# KEYS: current, the question's pick counter. ARGV: generations prefix, counter TTL, then set
+# suffixes (at least one). Returns -1, nil when nothing matches, or the picked record JSON.
+# Round robin over the matches in the order the intersection returns them, which holds
+# while the sets do not change; the counter is shared by every facade replica.
+ROUTE: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return -1 end
+local sets = {}
+for i = 3, #ARGV do sets[#sets + 1] = base .. ARGV[i] end
+local ids
+if #sets == 1 then ids = redis.call('SMEMBERS', sets[1]) else ids = redis.call('SINTER', unpack(sets)) end
+if #ids == 0 then return false end
+local turn = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+-- A record can be missing for a moment only if the sets and records disagree (never
+-- within a script); try the next ones rather than answer "none".
+for step = 0, #ids - 1 do
+  local record = redis.call('HGET', base .. REC, ids[((turn + step) % #ids) + 1])
+  if record then return record end
+end
+return false
+"""
+)
+
 # KEYS: current. ARGV: generations prefix. 1 when the pointer, the marker and the record
 # count agree; 0 when any is missing or off (evicted, expired, flushed).
 IS_INTACT: Final = (

@@ -6,11 +6,10 @@ as an id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import StringConstraints
 
 from agent_registry.facade.deps import (
@@ -24,6 +23,7 @@ from agent_registry.facade.deps import (
 )
 from agent_registry.facade.errors import documented, not_found
 from agent_registry.facade.models import UNREGISTERED, MessageResponse
+from agent_registry.index.reader import wire_json
 from agent_registry.schema import constants as c
 from agent_registry.schema.rest import (
     AgentListResponse,
@@ -56,8 +56,8 @@ StatusFilter = Annotated[RestStatus | None, Query(alias="status", description="O
 _READ_ERRORS = documented(400, 401, 403, 503)
 
 
-def _list(views: Sequence[AgentView]) -> JSONResponse:
-    return JSONResponse({"agents": [view.to_json() for view in views], "count": len(views)})
+def _list(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -80,8 +80,8 @@ async def list_agents(
     agent_type: TypeFilter = None,
     capabilities: CapabilityFilter = [],  # noqa: B006 - FastAPI copies defaults per request
     status: StatusFilter = None,
-) -> JSONResponse:
-    return _list(await registry.reads.query(namespace, agent_type, capabilities, status))
+) -> Response:
+    return _list(await registry.reads.query_json(namespace, agent_type, capabilities, status))
 
 
 @router.get(
@@ -96,8 +96,8 @@ async def healthy_agents(
     namespace: NamespaceDep,
     agent_type: TypeFilter = None,
     capabilities: CapabilityFilter = [],  # noqa: B006
-) -> JSONResponse:
-    return _list(await registry.reads.query(namespace, agent_type, capabilities, "healthy"))
+) -> Response:
+    return _list(await registry.reads.query_json(namespace, agent_type, capabilities, "healthy"))
 
 
 @router.get(
@@ -112,21 +112,21 @@ async def route(
     namespace: NamespaceDep,
     agent_type: Annotated[str, Query(alias="type", max_length=c.MAX_TYPE_LENGTH, description="The agent type.")],
     capabilities: CapabilityFilter = [],  # noqa: B006
-) -> JSONResponse:
-    candidates = await registry.reads.query(namespace, agent_type, capabilities, "healthy")
-    wanted = sorted(set(capabilities))
-    picked = registry.round_robin.pick((namespace, agent_type, tuple(wanted)), candidates)
+) -> Response:
+    picked = await registry.reads.route(namespace, agent_type, capabilities)
     if picked is None:
+        wanted = sorted(set(capabilities))
         with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
         raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
-    return JSONResponse(picked.to_json())
+    view, wire = picked
+    return Response(wire if wire is not None else wire_json(view.to_json()), media_type="application/json")
 
 
 @router.get(
     "/type/{agent_type}", summary="List agents of a type", response_model=AgentListResponse, responses=_READ_ERRORS
 )
-async def agents_of_type(registry: RegistryDep, _: MayList, namespace: NamespaceDep, agent_type: str) -> JSONResponse:
-    return _list(await registry.reads.query(namespace, agent_type))
+async def agents_of_type(registry: RegistryDep, _: MayList, namespace: NamespaceDep, agent_type: str) -> Response:
+    return _list(await registry.reads.query_json(namespace, agent_type))
 
 
 @router.get("/{agent_id}", summary="One agent", response_model=AgentView, responses=documented(400, 401, 403, 404, 503))
