@@ -97,26 +97,34 @@ MayReadMetrics = Annotated[Caller, Depends(_may_read_metrics)]
 AgentIdPath = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="The agent's id (a UUID).")]
 
 
+async def known_agent(
+    registry: Registry, caller: Caller, namespace: str, agent_id: str, verb: str, subresource: str | None = None
+) -> Located:
+    """The agent with this id, if ``caller`` may ``verb`` it; 404 when unknown to a caller who
+    may ``verb`` every agent of the namespace, 403 for anyone else."""
+    agent_id = agent_id.lower()
+    located = await registry.reads.locate(namespace, agent_id)
+    try:
+        # An unknown id is asked about the whole namespace: only a caller allowed on every
+        # agent there may learn that the id names none. A Role that lists resourceNames
+        # allows nothing namespace-wide, so its holder gets 403 for unknown ids and for
+        # agents not listed alike, and cannot probe which ids exist.
+        name = located.name if located is not None else None
+        await registry.auth.authorize(caller, verb, namespace, name=name, subresource=subresource)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        raise _refused(caller, verb, subresource, namespace, agent_id) from None
+    if located is None:
+        raise not_found()
+    return located
+
+
 def _known_agent(verb: str, subresource: str | None = None) -> Callable[..., Awaitable[Located]]:
     async def known(
         registry: RegistryDep, caller: CallerDep, namespace: NamespaceDep, agent_id: AgentIdPath
     ) -> Located:
-        agent_id = agent_id.lower()
-        located = await registry.reads.locate(namespace, agent_id)
-        try:
-            # An unknown id is asked about the whole namespace: only a caller allowed on every
-            # agent there may learn that the id names none. A Role that lists resourceNames
-            # allows nothing namespace-wide, so its holder gets 403 for unknown ids and for
-            # agents not listed alike, and cannot probe which ids exist.
-            name = located.name if located is not None else None
-            await registry.auth.authorize(caller, verb, namespace, name=name, subresource=subresource)
-        except ApiError as exc:
-            if exc.status != 403:
-                raise
-            raise _refused(caller, verb, subresource, namespace, agent_id) from None
-        if located is None:
-            raise not_found()
-        return located
+        return await known_agent(registry, caller, namespace, agent_id, verb, subresource)
 
     return known
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from agent_registry.facade import errors, metrics
+from agent_registry.facade.fastpath import FastReads
 from agent_registry.facade.limits import BodySizeLimit, QueryLimit
 from agent_registry.facade.metrics import MetricsMiddleware
 from agent_registry.facade.routes import agents, health
@@ -80,7 +81,9 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
     app.include_router(agents.router)
     if not settings.metrics_port:
         app.include_router(metrics_route.router)
-    # Added last runs first: metrics see every answer, including the limits' 413 and 429.
+    # Added last runs first: metrics see every answer, including the limits' 413 and 429;
+    # the discovery reads are answered past the limits, before the framework's routing.
+    app.add_middleware(FastReads)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(QueryLimit, max_queries=settings.max_concurrent_queries)
     app.add_middleware(MetricsMiddleware)

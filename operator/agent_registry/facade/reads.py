@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from agent_registry.facade import metrics
-from agent_registry.facade.errors import unavailable
+from agent_registry.facade.errors import not_found, unavailable
 from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
 from agent_registry.facade.routing import RoundRobin
@@ -261,6 +261,16 @@ class Reads:
                 return None if listed is None else (listed.record.agent, listed.wire)
         candidates = await self._matches(namespace, agent_type, capabilities, "healthy")
         return self.round_robin.pick((namespace, agent_type, tuple(sorted(set(capabilities)))), candidates)
+
+    async def route_json(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> bytes:
+        """The route answer's body: the picked agent; 404 with the question when none matches."""
+        picked = await self.route(namespace, agent_type, capabilities)
+        if picked is None:
+            wanted = sorted(set(capabilities))
+            with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
+            raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
+        view, wire = picked
+        return wire if wire is not None else wire_json(view.to_json())
 
     async def _matches(
         self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None

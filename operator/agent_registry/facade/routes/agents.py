@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import StringConstraints
 
+from agent_registry.facade import etags
 from agent_registry.facade.deps import (
     CallerDep,
     DeletableAgent,
@@ -21,9 +22,8 @@ from agent_registry.facade.deps import (
     ReadableAgent,
     RegistryDep,
 )
-from agent_registry.facade.errors import documented, not_found
+from agent_registry.facade.errors import documented
 from agent_registry.facade.models import UNREGISTERED, MessageResponse
-from agent_registry.index.reader import wire_json
 from agent_registry.schema import constants as c
 from agent_registry.schema.rest import (
     AgentListResponse,
@@ -56,8 +56,9 @@ StatusFilter = Annotated[RestStatus | None, Query(alias="status", description="O
 _READ_ERRORS = documented(400, 401, 403, 503)
 
 
-def _list(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
+def _list(request: Request, body: bytes) -> Response:
+    status, content, headers = etags.list_answer(body, request.headers.get("if-none-match"))
+    return Response(content, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 @router.post(
@@ -74,6 +75,7 @@ async def register(
 
 @router.get("", summary="List agents, optionally filtered", response_model=AgentListResponse, responses=_READ_ERRORS)
 async def list_agents(
+    request: Request,
     registry: RegistryDep,
     _: MayList,
     namespace: NamespaceDep,
@@ -81,7 +83,7 @@ async def list_agents(
     capabilities: CapabilityFilter = [],  # noqa: B006 - FastAPI copies defaults per request
     status: StatusFilter = None,
 ) -> Response:
-    return _list(await registry.reads.query_json(namespace, agent_type, capabilities, status))
+    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, status))
 
 
 @router.get(
@@ -91,13 +93,14 @@ async def list_agents(
     responses=_READ_ERRORS,
 )
 async def healthy_agents(
+    request: Request,
     registry: RegistryDep,
     _: MayList,
     namespace: NamespaceDep,
     agent_type: TypeFilter = None,
     capabilities: CapabilityFilter = [],  # noqa: B006
 ) -> Response:
-    return _list(await registry.reads.query_json(namespace, agent_type, capabilities, "healthy"))
+    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, "healthy"))
 
 
 @router.get(
@@ -113,20 +116,17 @@ async def route(
     agent_type: Annotated[str, Query(alias="type", max_length=c.MAX_TYPE_LENGTH, description="The agent type.")],
     capabilities: CapabilityFilter = [],  # noqa: B006
 ) -> Response:
-    picked = await registry.reads.route(namespace, agent_type, capabilities)
-    if picked is None:
-        wanted = sorted(set(capabilities))
-        with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
-        raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
-    view, wire = picked
-    return Response(wire if wire is not None else wire_json(view.to_json()), media_type="application/json")
+    body = await registry.reads.route_json(namespace, agent_type, capabilities)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
     "/type/{agent_type}", summary="List agents of a type", response_model=AgentListResponse, responses=_READ_ERRORS
 )
-async def agents_of_type(registry: RegistryDep, _: MayList, namespace: NamespaceDep, agent_type: str) -> Response:
-    return _list(await registry.reads.query_json(namespace, agent_type))
+async def agents_of_type(
+    request: Request, registry: RegistryDep, _: MayList, namespace: NamespaceDep, agent_type: str
+) -> Response:
+    return _list(request, await registry.reads.query_json(namespace, agent_type))
 
 
 @router.get("/{agent_id}", summary="One agent", response_model=AgentView, responses=documented(400, 401, 403, 404, 503))
