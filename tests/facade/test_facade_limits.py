@@ -12,8 +12,8 @@ from agent_registry.localcluster.launcher import FacadeProcess
 from facade_harness import registration
 
 
-def test_a_query_storm_gets_429_while_heartbeats_all_succeed(make_facade: Callable[..., FacadeProcess]) -> None:
-    facade = make_facade(max_concurrent_queries=2)
+def storm_of(facade: FacadeProcess) -> tuple[list[httpx.Response], list[httpx.Response]]:
+    """80 reads and 12 heartbeats at once; their answers."""
     with facade.client() as http:
         ids = [http.post("/agents/register", json=registration(f"storm-{i}")).json()["agent_id"] for i in range(3)]
 
@@ -26,7 +26,12 @@ def test_a_query_storm_gets_429_while_heartbeats_all_succeed(make_facade: Callab
             answers = await asyncio.gather(*queries, *writes)
             return list(answers[:80]), list(answers[80:])
 
-    queries, writes = asyncio.run(storm())
+    return asyncio.run(storm())
+
+
+def test_a_query_storm_gets_429_while_heartbeats_all_succeed(make_facade: Callable[..., FacadeProcess]) -> None:
+    facade = make_facade(max_concurrent_queries=2, max_queued_queries=0)
+    queries, writes = storm_of(facade)
     statuses = Counter(r.status_code for r in queries)
     assert set(statuses) <= {200, 429}, statuses
     assert statuses[429] > 0 and statuses[200] >= 2, statuses
@@ -35,3 +40,12 @@ def test_a_query_storm_gets_429_while_heartbeats_all_succeed(make_facade: Callab
     assert "queries in progress" in refused.json()["error"]
     assert [r.status_code for r in writes] == [200] * 12, [r.text for r in writes if r.status_code != 200]
     assert f"agent_registry_facade_queries_rejected_total {float(statuses[429])}" in facade.metrics()
+
+
+def test_reads_beyond_the_limit_wait_for_a_turn_instead_of_failing(make_facade: Callable[..., FacadeProcess]) -> None:
+    facade = make_facade(max_concurrent_queries=2, max_queued_queries=100, query_queue_seconds=30)
+    queries, writes = storm_of(facade)
+    assert [r.status_code for r in queries] == [200] * 80, Counter(r.status_code for r in queries)
+    assert all(r.json()["count"] == 3 for r in queries)
+    assert [r.status_code for r in writes] == [200] * 12
+    assert "agent_registry_facade_queries_rejected_total 0.0" in facade.metrics()

@@ -54,6 +54,10 @@
   value: {{ $facade.maxBodyBytes | quote }}
 - name: AGENT_REGISTRY_FACADE_MAX_CONCURRENT_QUERIES
   value: {{ $facade.maxConcurrentQueries | quote }}
+- name: AGENT_REGISTRY_FACADE_MAX_QUEUED_QUERIES
+  value: {{ $facade.maxQueuedQueries | quote }}
+- name: AGENT_REGISTRY_FACADE_QUERY_QUEUE_SECONDS
+  value: {{ $facade.queryQueueSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_TIMEOUT_SECONDS
   value: {{ $facade.redis.timeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_RETRY_SECONDS

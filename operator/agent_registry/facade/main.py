@@ -85,7 +85,12 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
     # the discovery reads are answered past the limits, before the framework's routing.
     app.add_middleware(FastReads)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(QueryLimit, max_queries=settings.max_concurrent_queries)
+    app.add_middleware(
+        QueryLimit,
+        max_queries=settings.max_concurrent_queries,
+        max_waiting=settings.max_queued_queries,
+        max_wait_seconds=settings.query_queue_seconds,
+    )
     app.add_middleware(MetricsMiddleware)
 
     def openapi() -> dict[str, Any]:

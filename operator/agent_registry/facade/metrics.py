@@ -68,7 +68,7 @@ FALLBACK_LISTS = Counter(
 )
 QUERIES_REJECTED = Counter(
     f"{_NS}_queries_rejected_total",
-    "Reads answered 429 because max_concurrent_queries were already in progress.",
+    "Reads answered 429: the queue for a turn was full, or the wait for one too long.",
     registry=REGISTRY,
 )
 INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.", registry=REGISTRY)

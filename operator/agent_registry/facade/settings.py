@@ -94,10 +94,17 @@ class FacadeSettings(BaseSettings):
     """Larger request bodies get 413 before they are read. Four times the metadata bound
     leaves room for everything else in a registration."""
 
-    max_concurrent_queries: int = Field(default=64, ge=0)
-    """Reads (GET on ``/agents...``) in progress at once; one more is answered 429 with
-    ``Retry-After`` at once, so a query storm cannot make the registrations and heartbeats
-    that keep agents alive wait behind it (those are never limited). 0: no limit."""
+    max_concurrent_queries: int = Field(default=8, ge=0)
+    """Reads (GET on ``/agents...``) worked on at once. Every request in progress shares one
+    event loop, so this bounds how much query work a registration or heartbeat (never
+    limited) can find ahead of it; a few are enough to keep the index busy. 0: no limit."""
+
+    max_queued_queries: int = Field(default=256, ge=0)
+    """Reads that may wait for a turn beyond ``max_concurrent_queries``; one more is answered
+    429 with ``Retry-After`` at once. A waiting read costs no CPU."""
+
+    query_queue_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How long a read may wait for its turn before it is answered 429."""
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"))
     """The operator's index. Down or empty, reads fall back to the API server."""
