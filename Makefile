@@ -86,8 +86,11 @@ helm-lint: controlplane ## helm lint --strict with the defaults and each ci/*-va
 	$$H lint --strict helm/agent-registry && for f in helm/agent-registry/ci/*-values.yaml; do $$H lint --strict helm/agent-registry -f $$f || exit 1; done
 
 .PHONY: bench
-bench: deps controlplane ## Scale benchmark at N = 1,000, 3,000, 10,000 (long; not part of `make test`)
+bench: deps controlplane ## Benchmarks: scale at N = 1,000, 3,000, 10,000, Lease shapes, discovery (long; not part of `make test`)
 	$(VPY) -m bench
+	$(VPY) bench/lease_shapes.py --agents 1000
+	$(VPY) -m bench.discovery --agents 1000
+	$(VPY) -m bench.discovery --agents 10000
 
 ##@ Testing
 

@@ -4,6 +4,7 @@ transports against the real API server."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,38 @@ def test_async_transport_and_a_stalled_server_that_times_out(controlplane: Local
             finally:
                 controlplane.resume("kube-apiserver")
             assert len(await api.list(paths.agents(namespace))) == 1
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_calls_beyond_the_pool_wait_within_their_timeout_and_free_their_slots(
+    controlplane: LocalControlPlane, namespace: str
+) -> None:
+    async def scenario() -> None:
+        api = AsyncApi(kubeapi.load(controlplane.kubeconfig), timeout=1.0, connections=2)
+        try:
+            await api.create(paths.agents(namespace), _agent("three"))
+            controlplane.pause("kube-apiserver")
+            try:
+                started = time.monotonic()
+                outcomes = await asyncio.gather(
+                    *(api.request("GET", paths.agents(namespace, "three")) for _ in range(6)),
+                    return_exceptions=True,
+                )
+                elapsed = time.monotonic() - started
+            finally:
+                controlplane.resume("kube-apiserver")
+            assert all(isinstance(outcome, errors.Unavailable) for outcome in outcomes), outcomes
+            # Two calls had the connections; the other four waited for one and gave up when
+            # their own timeout ran out, not after the first two's.
+            waited = [o for o in outcomes if "no free connection" in str(o)]
+            assert len(waited) == 4, outcomes
+            assert elapsed < 5, elapsed
+            # Every slot came back: more calls than the pool holds all succeed.
+            answers = await asyncio.gather(*(api.get(paths.agents(namespace, "three")) for _ in range(6)))
+            assert [objects.name(a or {}) for a in answers] == ["three"] * 6
         finally:
             await api.aclose()
 

@@ -9,6 +9,7 @@ fail, not land minutes later).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,11 @@ class AsyncApi:
             # paid a new TLS handshake (measured under heartbeat load, docs/performance.md).
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
+        # Calls wait for a connection here, not in httpx: its pool looks at every connection
+        # for every call queued inside it, which at 10,000 agents (hundreds of heartbeats
+        # waiting on a busy API server) took most of the facade's and the operator's CPU
+        # (docs/performance.md). A semaphore queue costs nothing per waiting call.
+        self._slots = asyncio.Semaphore(connections)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -55,17 +61,27 @@ class AsyncApi:
             # May re-read a token file or run an exec plugin: keep it off the event loop.
             await asyncio.to_thread(self.connection.refresh)
         headers, payload = wire.prepare(self.connection.authorization(), body, content_type, self.user_agent)
+        limit = self.timeout if timeout is None else timeout
         for attempt in range(1, wire.ATTEMPTS + 1):
+            deadline = time.monotonic() + limit
+            try:
+                async with asyncio.timeout(limit):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise errors.no_answer(f"{method} {path}: no free connection within {limit:g}s") from None
             try:
                 response = await self.http.request(
                     method,
                     wire.target(path, params),
                     content=payload,
                     headers=headers,
-                    timeout=self.timeout if timeout is None else timeout,
+                    # The wait for a connection counts against the call's timeout.
+                    timeout=max(0.001, deadline - time.monotonic()),
                 )
             except httpx.HTTPError as exc:
                 raise errors.no_answer(f"{method} {path}: {type(exc).__name__}: {exc or 'no answer'}") from exc
+            finally:
+                self._slots.release()
             retry_after = response.headers.get("retry-after")
             wait = wire.retry_wait(response.status_code, retry_after, method) if retry else None
             if wait is None or attempt == wire.ATTEMPTS:
