@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 from agent_registry.index import keys as k
 from agent_registry.index import scripts
-from agent_registry.index.reader import ROUTE_COUNTER_SECONDS, connect
+from agent_registry.index.reader import connect
 from bench.fleet import LEASE, Fleet, Heartbeats, Timing, create_agent_leases, create_agents
 from bench.load import Recorder, closed_loop, fixed_rate, request, session, timed
 from bench.procs import Sampler
@@ -83,7 +83,7 @@ def _reads(fleet: Fleet, facade: Any) -> dict[str, Once]:
 def _floor(fleet: Fleet, redis: Any) -> dict[str, Once]:
     """The same lookups as the index's scripts, straight to Redis, the answer left unparsed."""
     layout = k.KeyLayout(KEY_PREFIX)
-    get, query, route = (redis.register_script(s) for s in (scripts.GET, scripts.QUERY, scripts.ROUTE))
+    get, query = (redis.register_script(s) for s in (scripts.GET, scripts.QUERY))
     selective = fleet.selective_query
     gens = layout.generations
 
@@ -103,19 +103,18 @@ def _floor(fleet: Fleet, redis: Any) -> dict[str, Once]:
         return k.query_sets(NAMESPACE, agent_type, capabilities, status)
 
     filtered = sets(selective["type"], [selective["capability"]])
-    counter = layout.route_counter(NAMESPACE, selective["type"], [selective["capability"]])
-    return {
+    floor: dict[str, Once] = {
         "by_id": timed_call(lambda: get(keys=[layout.current], args=[gens, fleet.ids[random.randrange(fleet.n)]])),
         "type": timed_call(lambda: query(keys=[layout.current], args=[gens, "records", *sets(fleet.types[0], [])])),
         "all": timed_call(lambda: query(keys=[layout.current], args=[gens, "records", *sets(None, [])])),
         "filtered": timed_call(lambda: query(keys=[layout.current], args=[gens, "records", *filtered])),
-        "route": timed_call(
-            lambda: route(
-                keys=[layout.current, counter],
-                args=[gens, ROUTE_COUNTER_SECONDS, *sets(selective["type"], [selective["capability"]], "healthy")],
-            )
-        ),
     }
+    if hasattr(scripts, "ROUTE"):  # a facade from before routing by the index has no route script
+        route = redis.register_script(scripts.ROUTE)
+        counter = layout.route_counter(NAMESPACE, selective["type"], [selective["capability"]])
+        healthy = sets(selective["type"], [selective["capability"]], "healthy")
+        floor["route"] = timed_call(lambda: route(keys=[layout.current, counter], args=[gens, 3600, *healthy]))
+    return floor
 
 
 async def _closed(
