@@ -354,6 +354,10 @@ class Heartbeats:
         if i in self.silenced:
             return
         via_facade = self.route == "mixed" and i % 2 == 0
+        if via_facade:
+            # A REST agent has no status refresh; should it beat directly later, it starts
+            # as a sidecar would (a refresh spread over the interval), not overdue at once.
+            self._status_written[i] = None
         recorder = self.recorders["facade" if via_facade else "direct"]
         recorder.send_lags.append(max(0.0, time.monotonic() - due))
         self.sequence[i] += 1
