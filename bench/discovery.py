@@ -141,7 +141,8 @@ async def _closed(
 
 
 class Registrations:
-    """New agents registered through the facade at a steady rate (and gone again after)."""
+    """New agents registered through the facade at a steady rate, each unregistered once
+    registered (they never heartbeat: left alone they would go Unreachable and be counted)."""
 
     def __init__(self, facade: Any, rate: float) -> None:
         self.facade = facade
@@ -161,11 +162,14 @@ class Registrations:
                 "capabilities": ["churn"],
             }
             recorder.send_lags.append(max(0.0, time.monotonic() - due))
-            await timed(
+            ok, answer = await timed(
                 recorder,
                 lambda: request(self.facade, "POST", "/agents/register", json_body=body, timeout=TIMEOUT),
                 expect=201,
             )
+            if ok:
+                agent_id = json.loads(answer)["agent_id"]
+                await request(self.facade, "POST", f"/agents/{agent_id}/unregister", timeout=TIMEOUT)
 
         await fixed_rate(self.rate, seconds, fire)
         recorder.close()
