@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -207,7 +209,7 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         api = session(stack.api_url, token=stack.token, ssl_context=ssl_context, connections=256)
         control = session(stack.api_url, token=stack.token, ssl_context=ssl_context, connections=16)
         clients += [api, control]
-        fleet = Fleet(n, NAMESPACE, Timing(interval=options.interval))
+        fleet = Fleet(n, NAMESPACE, Timing(interval=options.interval, unreachable_after=options.interval * 3 // 2))
         progress(f"creating {n} agents and, once the GC watches Agents, their Leases")
         await create_agents(control, fleet)
         await asyncio.to_thread(stack.wait_gc_watches_crds)
@@ -321,17 +323,21 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _until_indexed(facade: Any, fleet: Fleet, timeout: float = 300.0) -> None:
-    """Until the facade lists every agent (the index is complete)."""
+async def _until_indexed(facade: Any, fleet: Fleet, timeout: float = 600.0) -> None:
+    """Until the facade lists every agent (the index is complete). Before that its answers
+    come from the API server (a LIST of every agent), which can take long at 10,000."""
     deadline = time.monotonic() + timeout
     listed = 0
     while time.monotonic() < deadline:
-        status, body = await request(facade, "GET", "/agents", timeout=TIMEOUT)
+        try:
+            status, body = await request(facade, "GET", "/agents", timeout=60)
+        except (TimeoutError, aiohttp.ClientError):
+            status, body = 0, b""
         listed = json.loads(body).get("count", 0) if status == 200 else 0
         if listed >= fleet.n:
             progress(f"the facade lists all {fleet.n} agents")
             return
-        await asyncio.sleep(1)
+        await asyncio.sleep(2)
     raise TimeoutError(f"the facade lists {listed} of {fleet.n} agents after {timeout:.0f}s")
 
 
