@@ -495,11 +495,13 @@ class LeaseRenewals:
         return self.recorder.summary()
 
 
-async def drain_watch(api: Any, path: str, stop: asyncio.Event) -> int:
+async def drain_watch(api: Any, path: str, stop: asyncio.Event, label_selector: str | None = None) -> int:
     """A watcher that reads and drops events (as the node lifecycle controller's informer
-    would consume Leases); returns how many lines it read."""
+    would consume Leases), optionally by label; returns how many lines it read."""
     events = 0
     params = {"watch": "1", "timeoutSeconds": "3600"}
+    if label_selector:
+        params["labelSelector"] = label_selector
     async with api.get(path, params=params, timeout=aiohttp.ClientTimeout(total=None)) as resp:
         while not stop.is_set():
             try:

@@ -37,8 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -87,21 +85,9 @@ async def _renew(api: Any, n: int, rate: float, seconds: float, patch: Patch) ->
     return recorder.summary()
 
 
-async def _watch_selected(api: Any, stop: asyncio.Event) -> int:
+def _watch_selected(api: Any, stop: asyncio.Event) -> Coroutine[Any, Any, int]:
     """A watch on the agents' Leases only, as the operator's (server-side label selector)."""
-    params = {"watch": "1", "labelSelector": c.AGENT_LEASE_LABEL, "timeoutSeconds": "3600"}
-    events = 0
-    timeout = aiohttp.ClientTimeout(total=None)
-    async with api.get(LEASES_PATH.format(ns=NAMESPACE), params=params, timeout=timeout) as resp:
-        while not stop.is_set():
-            try:
-                line = await asyncio.wait_for(resp.content.readline(), timeout=0.5)
-            except TimeoutError:
-                continue
-            if not line:
-                break
-            events += 1
-    return events
+    return drain_watch(api, LEASES_PATH.format(ns=NAMESPACE), stop, label_selector=c.AGENT_LEASE_LABEL)
 
 
 async def _probe(api: Any, stop: asyncio.Event, path: str, params: dict[str, str] | None) -> int:

@@ -199,6 +199,19 @@ local function live_base(current_key, gens)
   if redis.call('EXISTS', base .. META) == 0 then return nil end
   return base
 end
+
+-- The sets named by ARGV[first..] in the generation at `base`.
+local function query_sets(base, first)
+  local sets = {}
+  for i = first, #ARGV do sets[#sets + 1] = base .. ARGV[i] end
+  return sets
+end
+
+-- The ids in every one of `sets`.
+local function members(sets)
+  if #sets == 1 then return redis.call('SMEMBERS', sets[1]) end
+  return redis.call('SINTER', unpack(sets))
+end
 """
 
 # The read scripts return -1 when there is no index; otherwise the record JSON or nil.
@@ -235,11 +248,9 @@ QUERY: Final = (
     + """
 local base = live_base(KEYS[1], ARGV[1])
 if not base then return -1 end
-local sets = {}
-for i = 3, #ARGV do sets[#sets + 1] = base .. ARGV[i] end
+local sets = query_sets(base, 3)
 if #sets == 1 and ARGV[2] == 'count' then return redis.call('SCARD', sets[1]) end
-local ids
-if #sets == 1 then ids = redis.call('SMEMBERS', sets[1]) else ids = redis.call('SINTER', unpack(sets)) end
+local ids = members(sets)
 if ARGV[2] == 'count' then return #ids end
 local out = {}
 -- unpack() is bounded by Lua's C stack, so fetch in chunks.
@@ -264,10 +275,7 @@ ROUTE: Final = (
     + """
 local base = live_base(KEYS[1], ARGV[1])
 if not base then return -1 end
-local sets = {}
-for i = 3, #ARGV do sets[#sets + 1] = base .. ARGV[i] end
-local ids
-if #sets == 1 then ids = redis.call('SMEMBERS', sets[1]) else ids = redis.call('SINTER', unpack(sets)) end
+local ids = members(query_sets(base, 3))
 if #ids == 0 then return false end
 local turn = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
