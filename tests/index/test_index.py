@@ -24,7 +24,7 @@ from agent_registry.index import (
     record_from_resource,
 )
 from agent_registry.index import keys as k
-from agent_registry.index.reader import RedisClient, _ParsedRecords
+from agent_registry.index.reader import Listing, RedisClient, _ParsedRecords, _SharedReads
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
@@ -569,8 +569,10 @@ async def test_a_resync_that_redis_loses_midway_fails(writer: IndexWriter, clien
 
 
 def test_parsed_records_are_shared_per_json_and_bounded() -> None:
-    parsed = _ParsedRecords(size=2)
+    parsed = _ParsedRecords(listed=2, parsed=2)
     a, b, c = (record(name).model_dump_json() for name in ("a", "b", "c"))
+    listed = parsed.listed(a)
+    assert parsed.listed(a) is listed and parsed.listed(a.encode()) is listed
     first = parsed.parse(a)
     assert parsed.parse(a) is first  # the same JSON: parsed once
     assert parsed.parse(a.encode()) is first  # bytes from a client that does not decode
@@ -579,6 +581,108 @@ def test_parsed_records_are_shared_per_json_and_bounded() -> None:
     parsed.parse(c)
     assert parsed.parse(a) is not first  # the oldest made room
     assert parsed.parse(a) == first
+    parsed.listed(b)
+    parsed.listed(c)
+    assert parsed.listed(a) is not listed and parsed.listed(a) == listed
+
+
+async def evalsha_calls(client: RedisClient) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_identical_queries_at_once_share_one_read(
+    writer: IndexWriter, reader: IndexReader, client: RedisClient
+) -> None:
+    for name in "abc":
+        await writer.upsert(record(name))
+    await reader.query_listed("team-a")  # the script is loaded: later calls are EVALSHA
+    before = await evalsha_calls(client)
+    answers = await asyncio.gather(*(reader.query_listed("team-a") for _ in range(20)))
+    # The first caller's read, then one more for everyone who arrived while it ran.
+    assert await evalsha_calls(client) - before <= 2
+    assert all([entry.name for entry in answer.entries] == ["a", "b", "c"] for answer in answers)
+    assert len({id(answer) for answer in answers}) <= 2
+    assert answers[0].body() is answers[0].body()  # the joined body is built once per answer
+    # Different questions are not merged.
+    other = await asyncio.gather(reader.query_listed("team-a", type="cost"), reader.query_listed("team-b"))
+    assert [len(answer.entries) for answer in other] == [3, 0]
+
+
+async def test_a_shared_read_starts_after_every_caller_it_answers() -> None:
+    """Read-your-writes: a caller that arrives while a read is in flight gets the next read,
+    not the one that may predate its own write."""
+    shared = _SharedReads()
+    started: list[asyncio.Event] = []
+    release: list[asyncio.Event] = []
+
+    async def read() -> Listing:
+        started.append(asyncio.Event())
+        release.append(asyncio.Event())
+        number = len(started)
+        started[-1].set()
+        await release[number - 1].wait()
+        return Listing([])
+
+    first = asyncio.ensure_future(shared.read("q", read))
+    await asyncio.sleep(0)
+    assert len(started) == 1
+    late = [asyncio.ensure_future(shared.read("q", read)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert len(started) == 1  # nobody started a read of their own while one runs
+    release[0].set()
+    first_answer = await first
+    await asyncio.sleep(0.01)
+    assert len(started) == 2  # one more read, for all five
+    release[1].set()
+    late_answers = await asyncio.gather(*late)
+    assert all(answer is late_answers[0] for answer in late_answers)
+    assert late_answers[0] is not first_answer
+
+
+async def test_a_caller_that_hangs_up_does_not_cancel_a_shared_read() -> None:
+    shared = _SharedReads()
+    gate = asyncio.Event()
+    calls = 0
+
+    async def read() -> Listing:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return Listing([])
+
+    first = asyncio.ensure_future(shared.read("q", read))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(shared.read("q", read)) for _ in range(2)]
+    await asyncio.sleep(0)
+    first.cancel()  # the read in flight goes with its only caller
+    waiting[0].cancel()  # one of the two waiting for the next read hangs up
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert isinstance(await waiting[1], Listing)
+    assert calls == 2
+    assert await shared.read("q", read) is not None  # nothing left behind for the next caller
+
+
+async def test_a_failed_shared_read_fails_every_caller_and_the_next_read_is_fresh() -> None:
+    shared = _SharedReads()
+    gate = asyncio.Event()
+    outcomes = iter([IndexLost("first"), IndexLost("second")])
+
+    async def read() -> Listing:
+        await gate.wait()
+        raise next(outcomes)
+
+    callers = [asyncio.ensure_future(shared.read("q", read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert [str(result) for result in results] == ["first", "second", "second"]
+
+    async def fine() -> Listing:
+        return Listing([])
+
+    assert (await shared.read("q", fine)).entries == []
 
 
 # --- routing and wire forms --------------------------------------------------------------
@@ -636,8 +740,11 @@ async def test_listed_wire_is_the_rest_agent_as_json(writer: IndexWriter, reader
     agents = [record("b", metadata={"zone": "ü"}), record("a")]
     for agent in agents:
         await writer.upsert(agent)
-    listed = await reader.query_listed("team-a")
+    listed = (await reader.query_listed("team-a")).entries
     assert [entry.record.name for entry in listed] == ["a", "b"]
+    assert [(entry.id, entry.name, entry.resource_version) for entry in listed] == [
+        (entry.record.id, entry.record.name, entry.record.resource_version) for entry in listed
+    ]
     for entry in listed:
         assert json.loads(entry.wire) == entry.record.to_json()
     assert "metadata" not in json.loads(listed[0].wire)  # empty metadata is omitted, as the original did

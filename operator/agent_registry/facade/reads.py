@@ -28,15 +28,41 @@ from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
 from agent_registry.facade.routing import RoundRobin
 from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
-from agent_registry.index.reader import wire_json
+from agent_registry.index.reader import Listed, Listing, list_body, wire_json
 from agent_registry.kubeapi import Unavailable
 from agent_registry.schema.agent import AgentStatus, Phase
 from agent_registry.schema.rest import AgentView, agent_view_from_resource
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-Match = tuple[AgentView, bytes | None]
-"""An agent in a list answer, with its wire form when the index had it serialised."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An agent in a list answer: as the index serialised it, or a view (of this process's
+    write, or from the API server)."""
+
+    id: str
+    name: str
+    listed: Listed | None = None
+    view: AgentView | None = None
+
+    @classmethod
+    def of_view(cls, view: AgentView) -> Match:
+        return cls(view.id, view.name, view=view)
+
+    @classmethod
+    def of_listed(cls, listed: Listed) -> Match:
+        return cls(listed.id, listed.name, listed=listed)
+
+    def wire(self) -> bytes:
+        if self.listed is not None:
+            return self.listed.wire
+        assert self.view is not None
+        return wire_json(self.view.to_json())
+
+    def agent(self) -> AgentView:
+        return self.view if self.view is not None else self.listed.record.agent  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -227,7 +253,7 @@ class Reads:
         status: str | None = None,
     ) -> list[AgentView]:
         """Agents matching every filter (all ``capabilities``), sorted by name."""
-        return [view for view, _ in await self._matches(namespace, agent_type, capabilities, status)]
+        return [match.agent() for match in _matches_of(await self._answer(namespace, agent_type, capabilities, status))]
 
     async def query_json(
         self,
@@ -239,10 +265,13 @@ class Reads:
         """The list answer's body (``{"agents": [...], "count": n}``) for the same query.
 
         An agent the index answered for is joined in as its stored wire form, serialised
-        once per version of its record: a list of 1,000 agents costs no model work."""
-        matches = await self._matches(namespace, agent_type, capabilities, status)
-        parts = [wire if wire is not None else wire_json(view.to_json()) for view, wire in matches]
-        return b'{"agents":[' + b",".join(parts) + b'],"count":' + str(len(parts)).encode() + b"}"
+        once per version of its record: a list of 1,000 agents costs no model work. An
+        index answer this process has no writes to lay over is one body for every caller
+        that shared the read."""
+        answer = await self._answer(namespace, agent_type, capabilities, status)
+        if isinstance(answer, Listing):
+            return answer.body()
+        return list_body([match.wire() for match in answer])
 
     async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Match | None:
         """One healthy agent of the type with every capability, picks spread round robin
@@ -258,8 +287,8 @@ class Reads:
                 pass
             else:
                 metrics.READS.labels(source="index").inc()
-                return None if listed is None else (listed.record.agent, listed.wire)
-        candidates = await self._matches(namespace, agent_type, capabilities, "healthy")
+                return None if listed is None else Match.of_listed(listed)
+        candidates = _matches_of(await self._answer(namespace, agent_type, capabilities, "healthy"))
         return self.round_robin.pick((namespace, agent_type, tuple(sorted(set(capabilities)))), candidates)
 
     async def route_json(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> bytes:
@@ -269,23 +298,26 @@ class Reads:
             wanted = sorted(set(capabilities))
             with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
             raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
-        view, wire = picked
-        return wire if wire is not None else wire_json(view.to_json())
+        return picked.wire()
 
-    async def _matches(
+    async def _answer(
         self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
-    ) -> list[Match]:
+    ) -> Listing | list[Match]:
+        """The index's answer as it is, or the matches with this process's recent writes laid over it."""
         try:
-            listed = await self.index.call(
+            listing = await self.index.call(
                 lambda reader: reader.query_listed(namespace, agent_type, capabilities, status)
             )
         except IndexUnavailable:
             return await self._query_api(namespace, agent_type, capabilities, status)
         metrics.READS.labels(source="index").inc()
-        matches: dict[str, Match] = {entry.record.id: (entry.record.agent, entry.wire) for entry in listed}
-        versions = {entry.record.id: entry.record.resource_version for entry in listed}
+        writes = list(self.recent.in_namespace(namespace))
+        if not writes:
+            return listing
+        matches: dict[str, Match] = {entry.id: Match.of_listed(entry) for entry in listing.entries}
+        versions = {entry.id: entry.resource_version for entry in listing.entries}
         unsure: list[tuple[RecentWrite, AgentView]] = []
-        for write in self.recent.in_namespace(namespace):
+        for write in writes:
             if write.deleted:
                 matches.pop(write.agent_id, None)
                 continue
@@ -296,7 +328,7 @@ class Reads:
             if write.agent_id in versions:
                 # The index holds an older version: the write decides whether it matches.
                 if view is not None and matching:
-                    matches[write.agent_id] = (view, None)
+                    matches[write.agent_id] = Match.of_view(view)
                 else:
                     matches.pop(write.agent_id, None)
             elif view is not None and matching:
@@ -310,7 +342,7 @@ class Reads:
                 return await self._query_api(namespace, agent_type, capabilities, status)
             index_lacks_it = record is None or record.namespace != namespace
             if index_lacks_it or (record is not None and is_older(record.resource_version, write.resource_version)):
-                matches[write.agent_id] = (view, None)
+                matches[write.agent_id] = Match.of_view(view)
         return _sorted(matches.values())
 
     async def _query_api(
@@ -326,7 +358,7 @@ class Reads:
                 f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
             ) from exc
         metrics.READS.labels(source="api").inc()
-        return _sorted((v, None) for v in views if matches_filters(v, agent_type, capabilities, status))
+        return _sorted(Match.of_view(v) for v in views if matches_filters(v, agent_type, capabilities, status))
 
     async def _every_agent(self, namespace: str) -> list[AgentView]:
         """Every agent of the namespace from the API server, one LIST shared by concurrent callers.
@@ -391,4 +423,8 @@ def _getter(agent_id: str) -> Callable[[IndexReader], Awaitable[IndexedAgent | N
 
 
 def _sorted(matches: Iterable[Match]) -> list[Match]:
-    return sorted(matches, key=lambda match: (match[0].name, match[0].id))
+    return sorted(matches, key=lambda match: (match.name, match.id))
+
+
+def _matches_of(answer: Listing | list[Match]) -> list[Match]:
+    return [Match.of_listed(entry) for entry in answer.entries] if isinstance(answer, Listing) else answer

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -25,6 +26,7 @@ RedisClient: TypeAlias = "Redis[Any]"  # type: ignore[type-arg,unused-ignore]
 DEFAULT_TIMEOUT_SECONDS = 2.0
 _NO_INDEX = -1  # what the read scripts return when there is no intact index
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+T = TypeVar("T")
 
 
 def connect(url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> RedisClient:
@@ -48,7 +50,8 @@ def text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-_PARSED_ENTRIES = 10_000
+_LISTED_ENTRIES = 16_384
+_PARSED_ENTRIES = 2_048
 ROUTE_COUNTER_SECONDS = 3600
 """A routing question nobody asked for an hour starts its round robin afresh."""
 
@@ -58,40 +61,140 @@ def wire_json(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listed:
-    """A record with its REST ``Agent`` already serialised: a list answer joins these."""
+    """A record as a list answer needs it: what sorts and overlays it, and its REST
+    ``Agent`` already serialised. The parsed record is not kept (it was three quarters of
+    the memory per agent at 10,000); ``record`` parses it again when asked."""
 
-    record: IndexedAgent
+    id: str
+    name: str
+    namespace: str
+    resource_version: str
     wire: bytes
+    raw: str
+
+    @property
+    def record(self) -> IndexedAgent:
+        return IndexedAgent.model_validate_json(self.raw)
+
+
+class Listing:
+    """One answer of the index to a query, sorted by name: shared by every caller that
+    joined the read, so the joined answer body is built once for all of them."""
+
+    __slots__ = ("_body", "entries")
+
+    def __init__(self, entries: list[Listed]) -> None:
+        self.entries = entries
+        self._body: bytes | None = None
+
+    def body(self) -> bytes:
+        """The list answer's body, ``{"agents": [...], "count": n}``."""
+        if self._body is None:
+            self._body = list_body([entry.wire for entry in self.entries])
+        return self._body
+
+
+def list_body(wires: Sequence[bytes]) -> bytes:
+    return b'{"agents":[' + b",".join(wires) + b'],"count":' + str(len(wires)).encode() + b"}"
+
+
+class _Bounded(dict[str, T]):
+    """A dict that forgets its oldest entries beyond ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: T) -> T:
+        while len(self) >= self.size:
+            del self[next(iter(self))]
+        self[key] = value
+        return value
 
 
 class _ParsedRecords:
-    """Records parsed lately, by their exact JSON, each with its wire form.
+    """Records seen lately, by their exact JSON.
 
     A discovery query returns the same records again and again (an agent's record changes
     once per heartbeat interval), and parsing them, then serialising them again for the
-    answer, was most of a query's CPU. Records are frozen, so one parsed copy can be
-    shared; the oldest entries make room first.
+    answer, was most of a query's CPU. A list needs only each record's wire form and sort
+    key, kept for many records; a lookup by id needs the parsed record, kept for fewer
+    (records are frozen, so one parsed copy can be shared).
     """
 
-    def __init__(self, size: int = _PARSED_ENTRIES) -> None:
-        self.size = size
-        self._records: dict[str, Listed] = {}
+    def __init__(self, listed: int = _LISTED_ENTRIES, parsed: int = _PARSED_ENTRIES) -> None:
+        self._listed: _Bounded[Listed] = _Bounded(listed)
+        self._records: _Bounded[IndexedAgent] = _Bounded(parsed)
 
     def parse(self, raw: str | bytes) -> IndexedAgent:
-        return self.listed(raw).record
+        key = text(raw)
+        record = self._records.get(key)
+        return record if record is not None else self._records.put(key, IndexedAgent.model_validate_json(key))
 
     def listed(self, raw: str | bytes) -> Listed:
         key = text(raw)
-        entry = self._records.get(key)
+        entry = self._listed.get(key)
         if entry is None:
-            record = IndexedAgent.model_validate_json(key)
-            entry = Listed(record, wire_json(record.to_json()))
-            while len(self._records) >= self.size:
-                del self._records[next(iter(self._records))]
-            self._records[key] = entry
+            record = self.parse(key)
+            wire = wire_json(record.to_json())
+            entry = Listed(record.id, record.name, record.namespace, record.resource_version, wire, key)
+            self._listed.put(key, entry)
         return entry
+
+
+class _SharedReads:
+    """Identical queries share one Redis read.
+
+    While a read for a query is in flight, callers asking the same question wait for the
+    next read, which starts when the current one ends and answers all of them. A caller
+    never joins a read that started before it arrived, so each still sees every write
+    acknowledged before its request (read-your-writes). Under a crowd asking the same
+    question (orchestrator workers polling for healthy agents of a type), this keeps one
+    answer in memory instead of one per caller, and does the work once.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Future[Listing]] = {}
+        self._next: dict[Hashable, asyncio.Future[Listing]] = {}
+
+    async def read(self, key: Hashable, read: Callable[[], Awaitable[Listing]]) -> Listing:
+        following = self._next.get(key)
+        if following is None and key not in self._running:
+            return await self._run(key, read)
+        if following is None:
+            following = asyncio.ensure_future(self._after(key, read))
+            following.add_done_callback(_retrieved)
+            self._next[key] = following
+        # Shielded: a caller that hangs up does not cancel the read for the others.
+        return await asyncio.shield(following)
+
+    async def _run(self, key: Hashable, read: Callable[[], Awaitable[Listing]]) -> Listing:
+        done: asyncio.Future[Listing] = asyncio.get_running_loop().create_future()
+        self._running[key] = done
+        try:
+            result = await read()
+            done.set_result(result)
+            return result
+        finally:
+            if not done.done():
+                done.cancel()
+            if self._running.get(key) is done:
+                del self._running[key]
+
+    async def _after(self, key: Hashable, read: Callable[[], Awaitable[Listing]]) -> Listing:
+        running = self._running.get(key)
+        if running is not None:
+            await asyncio.wait([running])
+        del self._next[key]
+        return await self._run(key, read)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    # Every caller may have hung up: the outcome is then nobody's, not a lost error.
+    if not task.cancelled():
+        task.exception()
 
 
 def _no_index(reply: Any) -> bool:
@@ -115,6 +218,7 @@ class IndexReader:
         self._route = redis.register_script(scripts.ROUTE)
         self._is_intact = redis.register_script(scripts.IS_INTACT)
         self._parsed = _ParsedRecords()
+        self._shared = _SharedReads()
 
     async def get(self, agent_id: str) -> IndexedAgent | None:
         with translated_errors():
@@ -137,7 +241,8 @@ class IndexReader:
     ) -> list[IndexedAgent]:
         """Agents matching every given filter (all ``capabilities`` must match), sorted
         by name; ``namespace=None`` means all namespaces."""
-        return [entry.record for entry in await self.query_listed(namespace, type, capabilities, status)]
+        listing = await self.query_listed(namespace, type, capabilities, status)
+        return [self._parsed.parse(entry.raw) for entry in listing.entries]
 
     async def query_listed(
         self,
@@ -145,20 +250,22 @@ class IndexReader:
         type: str | None = None,
         capabilities: Sequence[str] = (),
         status: str | None = None,
-    ) -> list[Listed]:
-        """As ``query``, each record with its wire form."""
+    ) -> Listing:
+        """As ``query``, each record with its wire form; concurrent callers asking the same
+        question may share one read and one answer (do not change it)."""
         if not self._valid_scope(namespace):
-            return []
+            return Listing([])
+        sets = k.query_sets(namespace, type, capabilities, status)
+        return await self._shared.read(tuple(sorted(sets)), lambda: self._listing(sets))
+
+    async def _listing(self, sets: Sequence[str]) -> Listing:
         with translated_errors():
-            reply = await self._query(
-                keys=[self.layout.current],
-                args=[self.layout.generations, "records", *k.query_sets(namespace, type, capabilities, status)],
-            )
+            reply = await self._query(keys=[self.layout.current], args=[self.layout.generations, "records", *sets])
             if _no_index(reply):
                 raise IndexLost("no index in redis")
             entries = [self._parsed.listed(raw) for raw in reply]
-        entries.sort(key=lambda entry: (entry.record.name, entry.record.namespace))
-        return entries
+        entries.sort(key=lambda entry: (entry.name, entry.namespace))
+        return Listing(entries)
 
     async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Listed | None:
         """One healthy agent of the type with every capability, round robin over all that
