@@ -162,6 +162,8 @@ async def create_agents(api: Any, fleet: Fleet, concurrency: int = 32) -> dict[s
                 if b"AlreadyExists" in answer:  # an earlier attempt timed out after the write
                     fleet.uids[i] = await _agent_uid(api, fleet, i)
                     break
+                if b'"reason":"Invalid"' in answer:  # the fleet's own fault (its timing): retrying cannot help
+                    raise RuntimeError(f"the API server refused agent {fleet.names[i]}: {answer.decode()[:500]}")
                 await asyncio.sleep(0.5)
             if recorder.ok % step == 0 and recorder.ok:
                 progress(f"  created {recorder.ok}/{fleet.n} agents")

@@ -14,7 +14,7 @@ import httpx
 
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import wait_for
-from facade_harness import FAST_TIMINGS, registration
+from facade_harness import FAST_TIMINGS, registration, unchanged_for
 from operator_harness import Agents
 
 
@@ -142,6 +142,7 @@ def test_replicas_share_one_round_robin_through_the_index(
                 == ["a", "b", "c"]
             ),
         )
+        wait_for("the index to settle", lambda: unchanged_for(one, "/agents", 0.5))
         question = {"type": "performance", "capability": "latency"}
         picks = [(one if turn % 2 == 0 else two).get("/agents/route", params=question) for turn in range(12)]
         assert all(pick.status_code == 200 for pick in picks), [pick.text for pick in picks]

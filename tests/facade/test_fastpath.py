@@ -17,7 +17,7 @@ import pytest
 from accounts import READER_RULES, Accounts
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import wait_for
-from facade_harness import assert_error
+from facade_harness import assert_error, unchanged_for
 from operator_harness import Agents
 
 UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
@@ -54,6 +54,7 @@ def test_every_fast_read_answers_as_the_routes_do(
         wait_for("the index", lambda: http.get("/agents").json().get("count") == 4)
         degraded = {"status": "degraded"}
         wait_for("p degraded", lambda: http.get("/agents", params=degraded).json()["count"] == 1)
+        wait_for("the index to settle", lambda: unchanged_for(http, "/agents", 0.5))
         a = next(x for x in http.get("/agents").json()["agents"] if x["name"] == "a")
         reads: list[tuple[str, list[tuple[str, str]]]] = [
             ("/agents", []),

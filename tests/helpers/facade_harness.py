@@ -5,6 +5,7 @@ The fixtures built on it live in ``facade_fixtures``, which ``tests/conftest.py`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,12 @@ def assert_error(response: httpx.Response, status: int, *mentions: str) -> None:
     error = response.json()["error"]
     for mention in mentions:
         assert mention in error, (mention, error)
+
+
+def unchanged_for(http: httpx.Client, path: str, seconds: float) -> bool:
+    """Whether ``path`` answers the same twice ``seconds`` apart: the operator indexes a new
+    agent, then its observed heartbeat (``last_seen`` on its own clock), so two asks close
+    together may see two versions until it has."""
+    before = http.get(path).json()
+    time.sleep(seconds)
+    return bool(http.get(path).json() == before)

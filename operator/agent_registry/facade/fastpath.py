@@ -115,7 +115,7 @@ async def _route(registry: Registry, caller: Any, query: Query, _: str) -> bytes
 
 async def _one(registry: Registry, caller: Any, query: Query, agent_id: str) -> bytes:
     located = await known_agent(registry, caller, query.namespace, agent_id, "get")
-    return wire_json(located.view.to_json())
+    return located.wire if located.wire is not None else wire_json(located.view.to_json())
 
 
 _FILTERS = frozenset({"namespace", "type", "capability", "status"})

@@ -77,6 +77,8 @@ class Located:
     interval_seconds: int | None = None
     """``spec.heartbeat``'s timing, when known: a heartbeat that only renews the Lease answers with it."""
     unreachable_after_seconds: int | None = None
+    wire: bytes | None = None
+    """``view`` serialised, when the index had it so (an answer by id sends it as it is)."""
 
 
 def view_of(resource: dict[str, Any]) -> AgentView | None:
@@ -186,7 +188,7 @@ class Reads:
         found = await self._locate(namespace, agent_id)
         renewed = self.recent.renewed_at(agent_id)
         if found is not None and renewed is not None and (found.view.last_seen or renewed) <= renewed:
-            found = replace(found, view=found.view.model_copy(update={"last_seen": renewed}))
+            found = replace(found, view=found.view.model_copy(update={"last_seen": renewed}), wire=None)
         return found
 
     async def _locate(self, namespace: str, agent_id: str) -> Located | None:
@@ -196,12 +198,16 @@ class Reads:
         if write is not None and write.deleted:
             return None
         record: IndexedAgent | None = None
+        wire: bytes | None = None
         index_answered = False
         try:
-            record = await self.index.call(lambda reader: reader.get(agent_id))
+            found = await self.index.call(lambda reader: reader.get_with_wire(agent_id))
             index_answered = True
         except IndexUnavailable:
             pass
+        else:
+            if found is not None:
+                record, wire = found
         if record is not None and record.namespace != namespace:
             record = None
         if write is not None and record is None:
@@ -231,6 +237,7 @@ class Reads:
                 record.agent,
                 record.interval_seconds,
                 record.unreachable_after_seconds,
+                wire,
             )
         # The index lacks it: too new for the index, or the index is down. The API server knows.
         try:

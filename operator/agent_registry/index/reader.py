@@ -225,6 +225,16 @@ class IndexReader:
             reply = await self._get(keys=[self.layout.current], args=[self.layout.generations, agent_id])
             return self._one(reply)
 
+    async def get_with_wire(self, agent_id: str) -> tuple[IndexedAgent, bytes] | None:
+        """As ``get``, with the REST ``Agent`` already serialised (an answer by id sends it as it is)."""
+        with translated_errors():
+            reply = await self._get(keys=[self.layout.current], args=[self.layout.generations, agent_id])
+            if _no_index(reply):
+                raise IndexLost("no index in redis")
+            if reply is None:
+                return None
+            return self._parsed.parse(reply), self._parsed.listed(reply).wire
+
     async def get_by_name(self, namespace: str, name: str) -> IndexedAgent | None:
         with translated_errors():
             reply = await self._get_by_name(
