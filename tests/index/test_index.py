@@ -586,6 +586,16 @@ def test_parsed_records_are_shared_per_json_and_bounded() -> None:
     assert parsed.listed(a) is not listed and parsed.listed(a) == listed
 
 
+def test_list_entries_do_not_push_out_records_kept_for_lookups_by_id() -> None:
+    parsed = _ParsedRecords(listed=8, parsed=2)
+    kept = record("kept").model_dump_json()
+    first = parsed.parse(kept)
+    for name in "abcdef":
+        parsed.listed(record(name).model_dump_json())
+    assert parsed.parse(kept) is first
+    assert parsed.listed(kept).id == first.id
+
+
 async def evalsha_calls(client: RedisClient) -> int:
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

@@ -61,9 +61,6 @@ class Match:
         assert self.view is not None
         return wire_json(self.view.to_json())
 
-    def agent(self) -> AgentView:
-        return self.view if self.view is not None else self.listed.record.agent  # type: ignore[union-attr]
-
 
 @dataclass(frozen=True)
 class Located:
@@ -251,16 +248,6 @@ class Reads:
             ) from exc
         metrics.READS.labels(source="api").inc()
         return _located(agent_id, resource)
-
-    async def query(
-        self,
-        namespace: str,
-        agent_type: str | None = None,
-        capabilities: Sequence[str] = (),
-        status: str | None = None,
-    ) -> list[AgentView]:
-        """Agents matching every filter (all ``capabilities``), sorted by name."""
-        return [match.agent() for match in _matches_of(await self._answer(namespace, agent_type, capabilities, status))]
 
     async def query_json(
         self,

@@ -137,7 +137,9 @@ class _ParsedRecords:
         key = text(raw)
         entry = self._listed.get(key)
         if entry is None:
-            record = self.parse(key)
+            # Not through parse(): a list of 10,000 would push out every record kept for
+            # lookups by id. A record parsed for one (get_with_wire) is reused.
+            record = self._records.get(key) or IndexedAgent.model_validate_json(key)
             wire = wire_json(record.to_json())
             entry = Listed(record.id, record.name, record.namespace, record.resource_version, wire, key)
             self._listed.put(key, entry)
@@ -229,11 +231,8 @@ class IndexReader:
         """As ``get``, with the REST ``Agent`` already serialised (an answer by id sends it as it is)."""
         with translated_errors():
             reply = await self._get(keys=[self.layout.current], args=[self.layout.generations, agent_id])
-            if _no_index(reply):
-                raise IndexLost("no index in redis")
-            if reply is None:
-                return None
-            return self._parsed.parse(reply), self._parsed.listed(reply).wire
+            record = self._one(reply)
+            return None if record is None else (record, self._parsed.listed(reply).wire)
 
     async def get_by_name(self, namespace: str, name: str) -> IndexedAgent | None:
         with translated_errors():
