@@ -12,7 +12,7 @@ from typing import Any
 
 from agent_registry.kubeapi import objects
 from agent_registry.schema import constants as c
-from agent_registry.schema.agent import AgentStatus, ReportedStatus
+from agent_registry.schema.agent import AgentStatus, CapabilityHealth, ReportedStatus
 from agent_sidecar.config import SidecarConfig
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -84,14 +84,27 @@ def build_adoption_patch(
     }
 
 
-def build_heartbeat(now: datetime, sequence: int, status: ReportedStatus, source: str) -> dict[str, Any]:
-    """The status merge-patch for one heartbeat: exactly the heartbeat fields, under their CRD names."""
+def build_heartbeat(
+    now: datetime,
+    sequence: int,
+    status: ReportedStatus,
+    source: str,
+    capability_health: list[CapabilityHealth] | None = None,
+) -> dict[str, Any]:
+    """The status merge-patch for one heartbeat: exactly the heartbeat fields, under their CRD names.
+
+    ``capability_health`` (``capability_health_list`` of the report) goes in whole, ``[]``
+    when all are healthy: a merge-patch replaces a list, so that clears entries an earlier
+    report left. None leaves the field alone.
+    """
     heartbeat = AgentStatus(
         last_heartbeat_time=now,
         heartbeat_sequence=sequence,
         reported_status=status,
         heartbeat_source=source,
     )
+    if capability_health is not None:
+        heartbeat.capability_health = capability_health
     return {"status": heartbeat.model_dump(mode="json", by_alias=True, exclude_unset=True)}
 
 

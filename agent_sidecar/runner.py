@@ -31,7 +31,7 @@ from typing import Any
 
 from agent_registry.kubeapi.objects import registered_by
 from agent_registry.schema import lease
-from agent_registry.schema.agent import ReportedStatus
+from agent_registry.schema.agent import CapabilityHealth, Load, ReportedStatus, capability_health_list
 from agent_registry.schema.lease import build_lease
 from agent_sidecar.config import SidecarConfig
 from agent_sidecar.kube import DEFAULT_TIMEOUT_SECONDS, AgentApi, ApiError
@@ -46,11 +46,17 @@ from agent_sidecar.payloads import (
     is_deleting,
     is_written_by,
 )
-from agent_sidecar.probe import ProbeResult, probe
+from agent_sidecar.probe import BodyProblem, ProbeResult, probe
 
 EXIT_OK = 0
 EXIT_NOT_DEREGISTERED = 1
 EXIT_REJECTED = 2
+
+# Distinct health-body problems remembered so each is logged once; past this many (a body
+# inventing new capability names), the memory starts again rather than grow without end.
+MAX_REMEMBERED_BODY_PROBLEMS = 64
+# What a status write reports: the status, and the capabilities not healthy.
+Report = tuple[ReportedStatus, list[CapabilityHealth]]
 
 # Heartbeats come up to this much sooner than the interval, never later, so that jitter
 # spreads a fleet's writes without bringing any agent closer to its unreachable deadline.
@@ -93,12 +99,12 @@ class Sidecar:
         self._identity_resolved = False
         self._foreign_owner: str | None = None  # registered-by of the Agent last found under our name
         self._health: tuple[str, str] | None = None
+        self._capability_health: list[CapabilityHealth] = []  # what the last probe reported, for logging changes
+        self._body_problems: set[BodyProblem] = set()  # logged once each
         self._trouble: tuple[int | None, float, int] | None = None  # (status, since, failed calls)
         self._waiting_for_deletion = False
         self._wrote_agent = False  # a create or adopt was sent, even if its answer never came
-        self._status_written: tuple[ReportedStatus, float] | None = (
-            None  # (reported, monotonic) of the last status write
-        )
+        self._status_written: tuple[Report, float] | None = None  # (report, monotonic) of the last status write
         self._lease_refused_until = 0.0
 
     @property
@@ -260,22 +266,31 @@ class Sidecar:
     def _beat(self, backoff: Backoff) -> float:
         """Probe, heartbeat once; the time until the next heartbeat, counted from the start of this one.
 
-        A heartbeat renews the agent's Lease; the Agent's status is written only when the
-        reported health changes, at least every ``AGENT_STATUS_REFRESH_SECONDS``, and for
-        every heartbeat while the Lease cannot be used (see ``_lease_usable``)."""
+        A heartbeat renews the agent's Lease, with the load the agent reports; the Agent's
+        status is written only when the reported health (status or capabilities) changes,
+        at least every ``AGENT_STATUS_REFRESH_SECONDS``, and for every heartbeat while the
+        Lease cannot be used (see ``_lease_usable``). Load never goes into the status: it
+        changes all the time, and a Lease renewal is written anyway."""
         settings = self.config.settings
-        result = probe(self.config.health_url, settings.probe_timeout_seconds, settings.probe_slow_seconds)
+        result = probe(
+            self.config.health_url,
+            settings.probe_timeout_seconds,
+            settings.probe_slow_seconds,
+            self.config.spec.capabilities,
+        )
         self._note_health(result)
+        self._note_body(result)
+        report: Report = (result.status, capability_health_list(result.capabilities))
+        self._note_capabilities(report[1])
         self._sequence += 1  # even when the write fails: a sequence may skip, never repeat
         now = datetime.now(UTC)
         try:
-            wrote_status = self._status_due(result.status)
+            wrote_status = self._status_due(report)
             if wrote_status:
-                self.api.patch_agent_status(self.name, build_heartbeat(now, self._sequence, result.status, self.source))
-                self._status_written = (result.status, time.monotonic())
-            renewed = self._lease_usable() and self._renew_lease(now)
+                self._write_status(now, report)
+            renewed = self._lease_usable() and self._renew_lease(now, result.load)
             if not renewed and not wrote_status:
-                self.api.patch_agent_status(self.name, build_heartbeat(now, self._sequence, result.status, self.source))
+                self._write_status(now, report)
         except ApiError as error:
             if error.status == 404:
                 log(logging.WARNING, "the agent was deleted by someone else; creating it again", agent=self.name)
@@ -290,11 +305,17 @@ class Sidecar:
         interval = self.config.interval_seconds
         return interval * random.uniform(1 - INTERVAL_JITTER, 1.0)
 
-    def _status_due(self, status: ReportedStatus) -> bool:
+    def _status_due(self, report: Report) -> bool:
         if self._status_written is None:
             return True
         reported, at = self._status_written
-        return reported != status or time.monotonic() - at >= self.config.settings.status_refresh_seconds
+        return reported != report or time.monotonic() - at >= self.config.settings.status_refresh_seconds
+
+    def _write_status(self, now: datetime, report: Report) -> None:
+        status, capability_health = report
+        patch = build_heartbeat(now, self._sequence, status, self.source, capability_health)
+        self.api.patch_agent_status(self.name, patch)
+        self._status_written = (report, time.monotonic())
 
     def _lease_usable(self) -> bool:
         """False for a while after the API server refused the Lease (RBAC older than this
@@ -302,14 +323,14 @@ class Sidecar:
         Agent's status, as older sidecars do, and the Lease is tried again later."""
         return time.monotonic() >= self._lease_refused_until
 
-    def _renew_lease(self, now: datetime) -> bool:
-        """Renew (or create) the Lease; False when the API server refuses it (403)."""
+    def _renew_lease(self, now: datetime, load: Load | None) -> bool:
+        """Renew (or create) the Lease, carrying ``load``; False when the API server refuses it (403)."""
         spec = lease.renewal(self.source, self.config.spec.heartbeat.unreachable_after_seconds, now)
         name = lease.lease_name(self.name)
         uid = self._uid or ""
         try:
             try:
-                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec))
+                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec, load))
                 return True
             except ApiError as error:
                 if error.status != 404:
@@ -320,12 +341,12 @@ class Sidecar:
             if agent is None or agent["metadata"]["uid"] != uid:
                 raise ApiError(404, "NotFound", f"agent {self.name} is gone")
             try:
-                self.api.create_lease(build_lease(self.config.namespace, self.name, uid, spec, self._identity))
+                self.api.create_lease(build_lease(self.config.namespace, self.name, uid, spec, self._identity, load))
                 log(logging.INFO, "created the agent's Lease", agent=self.name, lease=name)
             except ApiError as error:
                 if error.status != 409:
                     raise
-                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec))  # created meanwhile
+                self.api.renew_lease(name, lease.renewal_patch(self.name, uid, spec, load))  # created meanwhile
             return True
         except ApiError as error:
             if error.status != 403:
@@ -368,6 +389,35 @@ class Sidecar:
             url=self.config.health_url,
         )
         self._health = state
+
+    def _note_capabilities(self, capability_health: list[CapabilityHealth]) -> None:
+        if capability_health == self._capability_health:
+            return
+        log(
+            logging.WARNING if capability_health else logging.INFO,
+            "capability health changed",
+            not_healthy={entry.name: entry.status.value for entry in capability_health},
+            reasons={entry.name: entry.reason for entry in capability_health if entry.reason},
+            previous={entry.name: entry.status.value for entry in self._capability_health},
+        )
+        self._capability_health = capability_health
+
+    def _note_body(self, result: ProbeResult) -> None:
+        """One line per distinct problem of the health body, not one per heartbeat: a body
+        broken the same way on every probe is one mistake."""
+        if len(self._body_problems) >= MAX_REMEMBERED_BODY_PROBLEMS:
+            self._body_problems.clear()
+        for problem in result.problems:
+            if problem in self._body_problems:
+                continue
+            self._body_problems.add(problem)
+            log(
+                logging.WARNING,
+                "ignoring the agent's health body: it breaks a rule; heartbeats report only its HTTP status",
+                field=problem.field,
+                rule=problem.rule,
+                url=self.config.health_url,
+            )
 
     # -- the API server's state ----------------------------------------------------------
 

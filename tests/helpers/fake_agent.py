@@ -2,15 +2,18 @@
 
 Modes: ``healthy`` (200 at once), ``slow`` (200 after ``slow_seconds``), ``error``
 (500), ``down`` (the port is closed: connections are refused). Back up again, it listens
-on the same port, as a restarted agent would.
+on the same port, as a restarted agent would. A 200 answers ``body``: any JSON value
+(the sidecar's health-body report, see ``agent_sidecar.probe``), or ``bytes`` as they are.
 
     with FakeAgent() as agent:
         agent.url             # http://127.0.0.1:<port>/health
         agent.set_mode("slow")
+        agent.body = {"status": "healthy", "load": {"in_flight": 3, "max": 10}}
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -34,6 +37,8 @@ class FakeAgent:
     def __init__(self, slow_seconds: float = 1.0) -> None:
         self.slow_seconds = slow_seconds
         self.mode: Mode = "healthy"
+        self.body: Any = {"status": "healthy"}
+        self.content_type = "application/json"
         self.requests = 0
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -56,11 +61,12 @@ class FakeAgent:
                 else:
                     if agent.mode == "slow":
                         time.sleep(agent.slow_seconds)
-                    self._answer(200, b'{"status": "healthy"}')
+                    body = agent.body
+                    self._answer(200, body if isinstance(body, bytes) else json.dumps(body).encode())
 
             def _answer(self, code: int, body: bytes) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", agent.content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -7,12 +7,13 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tests.helpers.index_records import TTL, record, resource
 
 from agent_registry.index import (
     IndexedAgent,
@@ -28,45 +29,6 @@ from agent_registry.index.reader import Listing, RedisClient, _ParsedRecords, _S
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
-
-TTL = 120
-
-
-def resource(
-    name: str,
-    *,
-    namespace: str = "team-a",
-    agent_type: str = "cost",
-    capabilities: Sequence[str] = (),
-    phase: str | None = None,
-    agent_id: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    status: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An Agent object the way the API server returns it."""
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": c.KIND,
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "resourceVersion": "42",
-            "labels": {c.AGENT_ID_LABEL: agent_id or str(uuid.uuid4())},
-        },
-        "spec": {
-            "type": agent_type,
-            "host": "10.0.0.7",
-            "port": 8080,
-            "capabilities": list(capabilities),
-            "metadata": metadata or {},
-        },
-        "status": {**({"phase": phase} if phase else {}), **(status or {})},
-    }
-
-
-def record(name: str, **kwargs: Any) -> IndexedAgent:
-    return record_from_resource(resource(name, **kwargs))
 
 
 def changed(base: IndexedAgent, **view: Any) -> IndexedAgent:
@@ -91,29 +53,6 @@ def fleet(count: int, tag: str) -> list[IndexedAgent]:
         )
         for i in range(count)
     ]
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[RedisClient]:
-    redis = connect(redis_url)
-    yield redis
-    await redis.aclose()
-
-
-@pytest.fixture
-async def writer(client: RedisClient) -> AsyncIterator[IndexWriter]:
-    index = IndexWriter(client, ttl_seconds=TTL)
-    await index.replace_all([])  # an empty, intact index, as after the operator's first resync
-    yield index
-    await index.drain()
-
-
-@pytest.fixture
-async def reader(redis_url: str) -> AsyncIterator[IndexReader]:
-    """A reader on its own connection, as the facade has."""
-    redis = connect(redis_url)
-    yield IndexReader(redis)
-    await redis.aclose()
 
 
 async def current_generation(writer: IndexReader) -> str:
@@ -712,10 +651,13 @@ async def test_route_picks_round_robin_among_healthy_matches(writer: IndexWriter
     picks = [await reader.route("team-a", "cost", ["scale", "tune"]) for _ in range(30)]
 
     assert all(pick is not None for pick in picks)
-    counts = {name: sum(1 for p in picks if p is not None and p.record.name == name) for name in "abc"}
+    counts = {name: sum(1 for p in picks if p is not None and p.listed.record.name == name) for name in "abc"}
     assert counts == {"a": 10, "b": 10, "c": 10}
     # A turn lasts one pick: consecutive picks of a stable set never repeat.
-    assert all(p is not None and q is not None and p.record.id != q.record.id for p, q in itertools.pairwise(picks))
+    assert all(
+        p is not None and q is not None and p.listed.record.id != q.listed.record.id
+        for p, q in itertools.pairwise(picks)
+    )
 
 
 async def test_route_counter_is_shared_by_readers_and_per_question(
@@ -728,10 +670,10 @@ async def test_route_counter_is_shared_by_readers_and_per_question(
         first = await reader.route("team-a", "cost", ["tune"])
         second = await other.route("team-a", "cost", ["tune"])  # another replica takes the next turn
         assert first is not None and second is not None
-        assert first.record.name != second.record.name
+        assert first.listed.record.name != second.listed.record.name
         # The same question with the capabilities in another order shares the counter.
         again = await other.route("team-a", "cost", ["tune", "tune"])
-        assert again is not None and again.record.name == first.record.name
+        assert again is not None and again.listed.record.name == first.listed.record.name
     finally:
         await other.redis.aclose()  # type: ignore[attr-defined,unused-ignore]
 

@@ -25,11 +25,11 @@ from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import InClusterAccount, SidecarProcess
 from agent_registry.localcluster.process import LOOPBACK, wait_for
 from agent_registry.schema import constants as c
-from agent_registry.schema.agent import AgentStatus, ReportedStatus
+from agent_registry.schema.agent import AgentStatus, CapabilityReport, Load, ReportedStatus, capability_health_list
 from agent_sidecar import config as sidecar_config
 from agent_sidecar.kube import AgentApi, ApiError
 from agent_sidecar.payloads import build_adoption_patch, build_heartbeat
-from agent_sidecar.probe import probe
+from agent_sidecar.probe import ProbeResult, probe
 from agent_sidecar.runner import Backoff, Sidecar
 from fake_agent import FakeAgent
 from operator_harness import Agents
@@ -37,6 +37,8 @@ from repo import SIDECAR_ROLE
 from sidecar_harness import sidecar_for_test
 
 HEARTBEAT_FIELDS = {"lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "heartbeatSource"}
+# What a sidecar's status write holds: the heartbeat fields and the whole capability report.
+SIDECAR_STATUS_FIELDS = HEARTBEAT_FIELDS | {"capabilityHealth"}
 DEADLINE = 30.0
 T = TypeVar("T")
 
@@ -65,6 +67,24 @@ class SidecarAgents(Agents):
 
     def wait_reported(self, name: str, expected: ReportedStatus) -> None:
         wait_for(f"{name} to report {expected}", lambda: self.status(name).get("reportedStatus") == expected.value)
+
+    def wait_capability_health(self, name: str, expected: list[dict[str, Any]]) -> dict[str, Any]:
+        """Wait until ``status.capabilityHealth`` is ``expected``; the Agent that has it."""
+
+        def reported() -> dict[str, Any] | None:
+            agent = self.get(name) or {}
+            return agent if (agent.get("status") or {}).get("capabilityHealth") == expected else None
+
+        return wait_for(f"{name} to report capabilityHealth {expected}", reported)
+
+    def load_annotation(self, name: str) -> str | None:
+        return (((self.lease(name) or {}).get("metadata") or {}).get("annotations") or {}).get(c.LOAD_ANNOTATION)
+
+    def wait_load(self, name: str, expected: str | None) -> None:
+        wait_for(
+            f"{name}'s Lease to carry load {expected}",
+            lambda: self.lease(name) is not None and self.load_annotation(name) == expected,
+        )
 
 
 @pytest.fixture
@@ -153,7 +173,8 @@ def test_registers_with_owner_reference_and_heartbeats(
 
     first = agents.wait_heartbeats_beyond("cost-agent", 0)
     # Only the heartbeat fields: phase and conditions are the operator's.
-    assert set(first) == HEARTBEAT_FIELDS
+    assert set(first) == SIDECAR_STATUS_FIELDS
+    assert first["capabilityHealth"] == []
     assert first["heartbeatSource"] == "sidecar/cost-agent-pod"
     assert first["reportedStatus"] == "healthy"
     # Then every heartbeat renews the agent's Lease, and the Agent is not written while
@@ -219,6 +240,118 @@ def test_reported_status_follows_the_agents_health(
     assert ("unhealthy", "no-answer") in changes
     assert ("degraded", "http-500") in changes
     assert changes[-1] == ("healthy", "ok")
+
+
+# -- the health body: capabilities and load -------------------------------------------------
+
+
+def test_capability_health_goes_to_the_status_and_load_to_the_lease(
+    run_sidecar: RunSidecar, agents: SidecarAgents, fake_agent: FakeAgent
+) -> None:
+    fake_agent.body = {
+        "status": "healthy",
+        "capabilities": {
+            "rightsizing": {"status": "unhealthy", "reason": "pricing feed down"},
+            "spot_migration": {"status": "healthy"},
+        },
+        "load": {"in_flight": 3, "max": 10},
+    }
+    sidecar = run_sidecar()
+
+    unhealthy = [{"name": "rightsizing", "status": "unhealthy", "reason": "pricing feed down"}]
+    agents.wait_capability_health("cost-agent", unhealthy)
+    agents.wait_load("cost-agent", "3/10")
+    assert agents.status("cost-agent")["reportedStatus"] == "healthy"  # a capability is not the agent
+
+    # A new load is a renewal carrying it; the Agent is not written while the
+    # capability report stays the same.
+    written = agents.get("cost-agent")
+    assert written is not None
+    fake_agent.body = {**fake_agent.body, "load": {"in_flight": 9, "max": 10}}
+    agents.wait_load("cost-agent", "9/10")
+    agents.wait_beats("cost-agent", 2)
+    assert agents.load_annotation("cost-agent") == "9/10"
+    unchanged = agents.get("cost-agent")
+    assert unchanged is not None
+    assert unchanged["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+
+    # Recovered, and no load report any more: both cleared.
+    fake_agent.body = {"status": "healthy"}
+    recovered = agents.wait_capability_health("cost-agent", [])
+    assert recovered["status"]["reportedStatus"] == "healthy"
+    agents.wait_load("cost-agent", None)
+
+    changes = [e for e in sidecar.entries() if e["msg"] == "capability health changed"]
+    assert [e["not_healthy"] for e in changes] == [{"rightsizing": "unhealthy"}, {}]
+    assert changes[0]["reasons"] == {"rightsizing": "pricing feed down"}
+
+
+def test_the_health_bodys_status_can_only_make_the_health_worse(
+    run_sidecar: RunSidecar, agents: SidecarAgents, fake_agent: FakeAgent
+) -> None:
+    fake_agent.body = {"status": "degraded", "capabilities": {"spot_migration": {"status": "degraded"}}}
+    sidecar = run_sidecar()
+    agents.wait_reported("cost-agent", ReportedStatus.DEGRADED)
+    agents.wait_capability_health("cost-agent", [{"name": "spot_migration", "status": "degraded", "reason": ""}])
+    fake_agent.body = {"status": "unhealthy"}
+    agents.wait_reported("cost-agent", ReportedStatus.UNHEALTHY)
+    agents.wait_capability_health("cost-agent", [])
+    changes = [(e["status"], e["reason"]) for e in sidecar.entries() if e["msg"] == "agent health changed"]
+    assert changes == [("degraded", "reported-degraded"), ("unhealthy", "reported-unhealthy")]
+
+
+def test_a_bad_health_body_is_logged_once_per_problem_and_heartbeats_go_on(
+    run_sidecar: RunSidecar, agents: SidecarAgents, fake_agent: FakeAgent
+) -> None:
+    fake_agent.body = {
+        "status": "healthy",
+        "capabilities": {"gpu": {"status": "unhealthy"}, "rightsizing": {"status": "unhealthy"}},
+        "load": {"in_flight": 1, "max": 0},
+    }
+    sidecar = run_sidecar()
+    first = agents.wait_heartbeats_beyond("cost-agent", 0)
+    agents.wait_beats("cost-agent", 3)
+
+    # As if the body said nothing beyond its 200: healthy, every capability healthy, no load.
+    assert first["reportedStatus"] == "healthy"
+    assert first["capabilityHealth"] == []
+    assert agents.load_annotation("cost-agent") is None
+    assert sidecar.running
+    ignored = "ignoring the agent's health body: it breaks a rule; heartbeats report only its HTTP status"
+
+    def problems() -> list[tuple[str, str]]:
+        return [(e["field"], e["rule"]) for e in sidecar.entries() if e["msg"] == ignored]
+
+    assert problems() == [
+        ("load.max", "Input should be greater than or equal to 1"),
+        (
+            "capabilities.gpu",
+            "is not a capability the agent declares (AGENT_CAPABILITIES: spot_migration, rightsizing)",
+        ),
+    ]
+
+    # A new problem is one more line; the fixed body is used at once.
+    fake_agent.body = {"status": "UP"}
+    wait_for("the new problem logged", lambda: len(problems()) == 3)
+    assert problems()[2] == ("status", "Input should be 'healthy', 'degraded' or 'unhealthy'")
+    fake_agent.body = {"load": {"in_flight": 2, "max": 4}}
+    agents.wait_load("cost-agent", "2/4")
+    agents.wait_beats("cost-agent", 2)
+    assert len(problems()) == 3
+    assert not [e for e in sidecar.entries() if e["level"] == "error"], sidecar.logs()
+
+
+def test_the_status_refresh_rewrites_the_capability_report(
+    run_sidecar: RunSidecar, agents: SidecarAgents, fake_agent: FakeAgent
+) -> None:
+    fake_agent.body = {"capabilities": {"rightsizing": {"status": "degraded", "reason": "slow model"}}}
+    run_sidecar(status_refresh_seconds=2)
+    degraded = [{"name": "rightsizing", "status": "degraded", "reason": "slow model"}]
+    agents.wait_capability_health("cost-agent", degraded)
+
+    agents.patch_status("cost-agent", {"capabilityHealth": []})  # lost, say, by a restore
+
+    agents.wait_capability_health("cost-agent", degraded)
 
 
 # -- adopting ----------------------------------------------------------------------------------
@@ -411,6 +544,7 @@ def test_minimal_role_with_a_service_account(
 def test_a_role_without_leases_falls_back_to_status_heartbeats(
     run_sidecar: RunSidecar,
     agents: SidecarAgents,
+    fake_agent: FakeAgent,
     controlplane: LocalControlPlane,
     accounts: Accounts,
     namespace: str,
@@ -434,10 +568,13 @@ def test_a_role_without_leases_falls_back_to_status_heartbeats(
         host=LOOPBACK,
         port=controlplane.apiserver_port,
     )
+    fake_agent.body = {"capabilities": {"rightsizing": {"status": "unhealthy"}}, "load": {"in_flight": 1, "max": 2}}
     sidecar = run_sidecar(kubeconfig=None, namespace=None, in_cluster=account, pod_name=None)
     first = agents.wait_heartbeats_beyond("cost-agent", 0)
-    agents.wait_heartbeats_beyond("cost-agent", first["heartbeatSequence"] + 2)
+    later = agents.wait_heartbeats_beyond("cost-agent", first["heartbeatSequence"] + 2)
     assert agents.lease("cost-agent") is None
+    # Every one of those status heartbeats carries the whole report (the load has no place there).
+    assert later["capabilityHealth"] == [{"name": "rightsizing", "status": "unhealthy", "reason": ""}]
     refused = [e for e in sidecar.entries() if e["msg"].startswith("the API server refuses the agent's Lease")]
     assert len(refused) == 1, sidecar.logs()
 
@@ -458,6 +595,24 @@ def test_heartbeat_patch_is_the_heartbeat_fields_only() -> None:
     }
     assert set(patch["status"]) == HEARTBEAT_FIELDS
     AgentStatus.model_validate(patch["status"])
+
+
+def test_heartbeat_patch_carries_the_whole_capability_report() -> None:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    reports = {
+        "b": CapabilityReport(status=ReportedStatus.UNHEALTHY, reason="down"),
+        "a": CapabilityReport(status=ReportedStatus.DEGRADED),
+        "c": CapabilityReport(status=ReportedStatus.HEALTHY, reason="fine"),
+    }
+    patch = build_heartbeat(now, 7, ReportedStatus.HEALTHY, "sidecar/pod-1", capability_health_list(reports))
+    # Only those not healthy, by name; all healthy again is an empty list, which clears them.
+    assert patch["status"]["capabilityHealth"] == [
+        {"name": "a", "status": "degraded", "reason": ""},
+        {"name": "b", "status": "unhealthy", "reason": "down"},
+    ]
+    cleared = build_heartbeat(now, 8, ReportedStatus.HEALTHY, "sidecar/pod-1", capability_health_list({}))
+    assert cleared["status"]["capabilityHealth"] == []
+    assert set(cleared["status"]) == SIDECAR_STATUS_FIELDS
 
 
 OfflineConfig = Callable[..., sidecar_config.SidecarConfig]
@@ -591,6 +746,71 @@ def test_probe_classifies_answers(fake_agent: FakeAgent) -> None:
     fake_agent.set_mode("slow")
     hanging = probe(fake_agent.url, timeout=0.5, slow_after=0.2)
     assert (hanging.status, hanging.reason) == (ReportedStatus.UNHEALTHY, "no-answer")
+
+
+def test_probe_reads_the_health_body(fake_agent: FakeAgent) -> None:
+    declared = ["spot_migration", "rightsizing"]
+
+    def check(body: Any) -> ProbeResult:
+        fake_agent.body = body
+        return probe(fake_agent.url, timeout=1.0, slow_after=0.5, capabilities=declared)
+
+    full = check(
+        {
+            "status": "healthy",
+            "capabilities": {"rightsizing": {"status": "degraded", "reason": "r"}},
+            "load": {"in_flight": 3, "max": 10},
+            "uptime_seconds": 12,  # keys of the agent's own are no mistake
+        }
+    )
+    assert (full.status, full.reason, full.problems) == (ReportedStatus.HEALTHY, "ok", ())
+    assert full.capabilities == {"rightsizing": CapabilityReport(status=ReportedStatus.DEGRADED, reason="r")}
+    assert full.load == Load(in_flight=3, max=10)
+
+    worse = check({"status": "unhealthy"})
+    assert (worse.status, worse.reason) == (ReportedStatus.UNHEALTHY, "reported-unhealthy")
+
+    # Bodies that say nothing: healthy, no report, nothing to complain about.
+    for plain in (b"", b"OK", None, {}):
+        fake_agent.content_type = "text/plain" if plain == b"OK" else "application/json"
+        said_nothing = check(plain if plain is not None else b"null")
+        assert (said_nothing.status, said_nothing.capabilities, said_nothing.load, said_nothing.problems) == (
+            ReportedStatus.HEALTHY,
+            {},
+            None,
+            (),
+        ), plain
+    fake_agent.content_type = "application/json"
+
+    # Bodies that break the shape: ignored as a whole, and why.
+    bad = {
+        b"not json": [("body", "must be valid JSON")],
+        b'["healthy"]': [("body", "must be a JSON object")],
+        json.dumps({"load": {"in_flight": "3", "max": 10}, "status": "healthy"}).encode(): [
+            ("load.in_flight", "Input should be a valid integer")
+        ],
+        json.dumps({"load": [1, 2]}).encode(): [("load", "must be a JSON object")],
+        json.dumps({"capabilities": {"rightsizing": "degraded"}}).encode(): [
+            ("capabilities.rightsizing", "must be a JSON object")
+        ],
+        json.dumps({"capabilities": {"rightsizing": {"status": "degraded", "reason": "x" * 257}}}).encode(): [
+            ("capabilities.rightsizing.reason", "String should have at most 256 characters")
+        ],
+    }
+    for body, problems in bad.items():
+        ignored = check(body)
+        assert (ignored.status, ignored.capabilities, ignored.load) == (ReportedStatus.HEALTHY, {}, None), body
+        assert [(p.field, p.rule) for p in ignored.problems] == problems, body
+
+    # Non-2xx bodies are not reports; a slow 2xx keeps its report and stays degraded.
+    fake_agent.body = {"status": "healthy", "load": {"in_flight": 1, "max": 2}}
+    fake_agent.set_mode("error")
+    error = probe(fake_agent.url, timeout=1.0, slow_after=0.5, capabilities=declared)
+    assert (error.status, error.load, error.problems) == (ReportedStatus.DEGRADED, None, ())
+    fake_agent.slow_seconds = 0.6
+    fake_agent.set_mode("slow")
+    slow = probe(fake_agent.url, timeout=2.0, slow_after=0.5, capabilities=declared)
+    assert (slow.status, slow.reason, slow.load) == (ReportedStatus.DEGRADED, "slow", Load(in_flight=1, max=2))
 
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:

@@ -168,6 +168,7 @@ async def lease_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
         uid=str(meta.get("uid", "")),
         resource_version=str(meta.get("resourceVersion", "")),
         signature=lease.renewal_signature(body),
+        load=lease.load_of(body),
     )
     agent = runtime.tracker.observe_lease(namespace, agent_name, seen, time.monotonic())
     if agent is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from agent_registry.controller import metrics
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.index import IndexedAgent, IndexLost, IndexUnavailable, IndexWriter, connect, record_from_resource
-from agent_registry.schema.agent import Phase
+from agent_registry.schema.agent import Load, Phase
 from agent_registry.schema.rest import rest_status
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ class IndexSync:
 
     # --- called from handlers (synchronous, never touch Redis) --------------------
 
-    def put(self, key: Key, body: dict[str, Any], phase: Phase, last_seen: datetime | None) -> None:
+    def put(
+        self, key: Key, body: dict[str, Any], phase: Phase, last_seen: datetime | None, load: Load | None = None
+    ) -> None:
         try:
-            record = record_from_resource(body, phase=phase, last_seen=last_seen)
+            record = record_from_resource(body, phase=phase, last_seen=last_seen, load=load)
         except ValueError as exc:
             logger.error("agent %s/%s cannot be indexed: %s", key[0], key[1], exc)
             return
@@ -68,12 +70,13 @@ class IndexSync:
             self.records[key] = record.model_copy(update={"agent": view, "phase": phase})
             self._mark(key)
 
-    def touch(self, key: Key, last_seen: datetime | None) -> None:
-        """A heartbeat seen elsewhere than on the Agent (a Lease renewal): only ``last_seen`` moves."""
+    def touch(self, key: Key, last_seen: datetime | None, load: Load | None = None) -> None:
+        """A heartbeat seen elsewhere than on the Agent (a Lease renewal): ``last_seen`` moves,
+        and the load is the renewal's (none when it reported none)."""
         record = self.records.get(key)
         if record is not None and last_seen is not None:
             self.records[key] = record.model_copy(
-                update={"agent": record.agent.model_copy(update={"last_seen": last_seen})}
+                update={"agent": record.agent.model_copy(update={"last_seen": last_seen}), "load": load}
             )
             self._mark(key)
 

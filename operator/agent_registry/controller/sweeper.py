@@ -23,7 +23,7 @@ from agent_registry.controller.initialisation import decide_initialisation, phas
 from agent_registry.controller.kube import DeleteOutcome, agent_reference, now_rfc3339
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.tracker import LeaseSeen, SelfPreservation, TrackedAgent, Tracker, phase_for_report
-from agent_registry.schema.agent import Phase
+from agent_registry.schema.agent import Load, Phase
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class IndexUpdates(Protocol):
 
     def set_phase(self, key: tuple[str, str], phase: Phase) -> None: ...
 
-    def touch(self, key: tuple[str, str], last_seen: datetime | None) -> None: ...
+    def touch(self, key: tuple[str, str], last_seen: datetime | None, load: Load | None = None) -> None: ...
 
     def drop(self, key: tuple[str, str]) -> None: ...
 
@@ -203,7 +203,7 @@ class Sweeper:
 
     def renewed(self, agent: TrackedAgent) -> None:
         """A Lease renewal was heard: the index shows it, and an Unreachable agent recovers now."""
-        self.index.touch(agent.key, agent.last_heard_wall)
+        self.index.touch(agent.key, agent.last_heard_wall, agent.lease.load if agent.lease else None)
         if self.is_leader() and agent.initialised and self.tracker.desired_phase(agent) != agent.phase:
             self.writes.start(agent.key, self.recover(agent))
 

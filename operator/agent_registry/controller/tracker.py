@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from agent_registry.schema.agent import Phase, ReportedStatus
+from agent_registry.schema.agent import Load, Phase, ReportedStatus
 
 # Status fields a heartbeat writes. Any change in them is a heartbeat.
 HEARTBEAT_FIELDS = ("lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "reportedMetadata")
@@ -104,6 +104,8 @@ class LeaseSeen:
     uid: str
     resource_version: str
     signature: str
+    load: Load | None = None
+    """The load its last renewal reported (``schema.lease.load_of``), for the index."""
 
 
 @dataclasses.dataclass(frozen=True)

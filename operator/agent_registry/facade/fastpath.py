@@ -21,9 +21,10 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent_registry.facade import etags
+from agent_registry.facade import etags, versions
 from agent_registry.facade.deps import AGENT_ID_PATTERN, known_agent
 from agent_registry.facade.errors import ApiError
+from agent_registry.facade.routes.agents import MAX_ROUTE_KEY_LENGTH
 from agent_registry.facade.state import Registry
 from agent_registry.index.reader import wire_json
 from agent_registry.schema import constants as c
@@ -48,6 +49,8 @@ class Query:
     agent_type: str | None = None
     capabilities: list[str] | None = None
     status: str | None = None
+    key: str | None = None
+    version: str | None = None
 
 
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -110,7 +113,9 @@ async def _of_type(registry: Registry, caller: Any, query: Query, agent_type: st
 
 async def _route(registry: Registry, caller: Any, query: Query, _: str) -> bytes:
     await registry.auth.authorize(caller, "list", query.namespace)
-    return await registry.reads.route_json(query.namespace, query.agent_type or "", query.capabilities or ())
+    return await registry.reads.route_json(
+        query.namespace, query.agent_type or "", query.capabilities or (), query.key, query.version
+    )
 
 
 async def _one(registry: Registry, caller: Any, query: Query, agent_id: str) -> bytes:
@@ -122,7 +127,7 @@ _FILTERS = frozenset({"namespace", "type", "capability", "status"})
 _STATIC: dict[str, tuple[Handler, frozenset[str]]] = {
     "/agents": (_agents, _FILTERS),
     "/agents/healthy": (_healthy, frozenset({"namespace", "type", "capability"})),
-    "/agents/route": (_route, frozenset({"namespace", "type", "capability"})),
+    "/agents/route": (_route, frozenset({"namespace", "type", "capability", "key", "version"})),
 }
 
 
@@ -165,6 +170,14 @@ def _query(scope: Scope, allowed: frozenset[str], registry: Registry) -> Query |
             if query.status is not None or value not in _STATUSES:
                 return None
             query.status = value
+        elif name == "key":
+            if query.key is not None or len(value) > MAX_ROUTE_KEY_LENGTH:
+                return None
+            query.key = value
+        elif name == "version":
+            if query.version is not None or len(value) > versions.MAX_CONSTRAINT_LENGTH:
+                return None
+            query.version = value
         else:
             if len(value) > 63 or not _NAMESPACE.match(value) or not registry.settings.namespace_allowed(value):
                 return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -22,13 +23,14 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent_registry.facade import metrics
-from agent_registry.facade.errors import not_found, unavailable
+from agent_registry.facade import metrics, versions
+from agent_registry.facade.errors import bad_request, not_found, unavailable
 from agent_registry.facade.kube import Kube
 from agent_registry.facade.recent import RecentWrite, RecentWrites, is_older
-from agent_registry.facade.routing import RoundRobin
+from agent_registry.facade.routing import RoundRobin, preferred, rendezvous
+from agent_registry.facade.versions import VersionConstraint
 from agent_registry.index import IndexedAgent, IndexLost, IndexReader, IndexUnavailable
-from agent_registry.index.reader import Listed, Listing, list_body, wire_json
+from agent_registry.index.reader import SEED_LIMIT, Listed, Listing, list_body, wire_json
 from agent_registry.kubeapi import Unavailable
 from agent_registry.schema.agent import AgentStatus, Phase
 from agent_registry.schema.rest import AgentView, agent_view_from_resource
@@ -60,6 +62,17 @@ class Match:
             return self.listed.wire
         assert self.view is not None
         return wire_json(self.view.to_json())
+
+    @property
+    def version(self) -> str:
+        return self.listed.version if self.listed is not None else self.agent().version
+
+    def agent(self) -> AgentView:
+        """The REST ``Agent`` (parsed again from the index's record when that is what this holds)."""
+        if self.view is not None:
+            return self.view
+        assert self.listed is not None
+        return self.listed.record.agent
 
 
 @dataclass(frozen=True)
@@ -123,10 +136,13 @@ def _view(resource: dict[str, Any], *, reported_wins: bool) -> AgentView | None:
 
 
 def matches_filters(view: AgentView, agent_type: str | None, capabilities: Sequence[str], status: str | None) -> bool:
+    """The index's query rule (``index.keys.query_sets``): asking for healthy agents with a
+    capability leaves out those that report it unhealthy."""
     return (
         (agent_type is None or view.type == agent_type)
         and (status is None or view.status == status)
         and set(capabilities) <= set(view.capabilities)
+        and (status != "healthy" or all(view.capability_status(cap) != "unhealthy" for cap in capabilities))
     )
 
 
@@ -170,11 +186,19 @@ class _Listing:
 
 
 class Reads:
-    def __init__(self, kube: Kube, index: IndexAccess, recent: RecentWrites, round_robin: RoundRobin) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        index: IndexAccess,
+        recent: RecentWrites,
+        round_robin: RoundRobin,
+        draws: random.Random | None = None,
+    ) -> None:
         self.kube = kube
         self.index = index
         self.recent = recent
         self.round_robin = round_robin
+        self.random = draws or random.Random()
         self._listings: dict[str, _Listing] = {}
 
     async def locate(self, namespace: str, agent_id: str) -> Located | None:
@@ -267,31 +291,83 @@ class Reads:
             return answer.body()
         return list_body([match.wire() for match in answer])
 
-    async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Match | None:
-        """One healthy agent of the type with every capability, picks spread round robin
-        over all that match; None when none does.
+    async def route(
+        self,
+        namespace: str,
+        agent_type: str,
+        capabilities: Sequence[str],
+        key: str | None = None,
+        version: VersionConstraint | None = None,
+    ) -> Match | None:
+        """One healthy agent of the type with every capability usable; None when none is.
 
-        The index picks (one record read, whatever the number of candidates) unless this
-        process wrote to the namespace lately: then the candidates are listed, so that its
-        writes count, and the pick is made here."""
-        if next(self.recent.in_namespace(namespace), None) is None:
+        The index picks (``index.scripts.ROUTE``: free over full, healthy capabilities over
+        degraded, then the sticky key, the load, or round robin). Usually it also finds the
+        candidates, in one read whatever their number. When this process wrote to the
+        namespace lately, or the version is constrained, the candidates are listed and
+        filtered here (so that its writes count) and the index picks among them. Without the
+        index, the pick follows the same rule without load (``routing``)."""
+        seed = self.random.randrange(1, SEED_LIMIT)
+        if version is None and next(self.recent.in_namespace(namespace), None) is None:
             try:
-                listed = await self.index.call(lambda reader: reader.route(namespace, agent_type, capabilities))
+                picked = await self.index.call(
+                    lambda reader: reader.route(namespace, agent_type, capabilities, seed=seed, key=key)
+                )
             except IndexUnavailable:
                 pass
             else:
                 metrics.READS.labels(source="index").inc()
-                return None if listed is None else Match.of_listed(listed)
+                if picked is None:
+                    return None
+                if picked.listed is not None:
+                    return Match.of_listed(picked.listed)
         candidates = _matches_of(await self._answer(namespace, agent_type, capabilities, "healthy"))
-        return self.round_robin.pick((namespace, agent_type, tuple(sorted(set(capabilities)))), candidates)
+        if version is not None:
+            candidates = [match for match in candidates if version.allows(match.version)]
+        if not candidates:
+            return None
+        by_id = {match.id: match for match in candidates}
+        try:
+            picked = await self.index.call(
+                lambda reader: reader.route(namespace, agent_type, capabilities, seed=seed, key=key, among=list(by_id))
+            )
+        except IndexUnavailable:
+            return self._pick_here(namespace, agent_type, capabilities, key, candidates)
+        return None if picked is None else by_id.get(picked.id)
 
-    async def route_json(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> bytes:
-        """The route answer's body: the picked agent; 404 with the question when none matches."""
-        picked = await self.route(namespace, agent_type, capabilities)
+    def _pick_here(
+        self, namespace: str, agent_type: str, capabilities: Sequence[str], key: str | None, candidates: list[Match]
+    ) -> Match | None:
+        wanted = sorted(set(capabilities))
+        group = preferred(
+            candidates, lambda match: any(match.agent().capability_status(cap) == "degraded" for cap in wanted)
+        )
+        if key is not None:
+            return rendezvous(key, group, lambda match: match.id)
+        return self.round_robin.pick((namespace, agent_type, tuple(wanted)), group)
+
+    async def route_json(
+        self,
+        namespace: str,
+        agent_type: str,
+        capabilities: Sequence[str],
+        key: str | None = None,
+        version: str | None = None,
+    ) -> bytes:
+        """The route answer's body: the picked agent; 404 with the question when none
+        matches, 400 for a version constraint that is none."""
+        wanted_version: VersionConstraint | None = None
+        if version is not None:
+            try:
+                wanted_version = versions.constraint(version)
+            except ValueError as exc:
+                raise bad_request(f"version: {exc}") from exc
+        picked = await self.route(namespace, agent_type, capabilities, key, wanted_version)
         if picked is None:
             wanted = sorted(set(capabilities))
             with_caps = f" with capabilities {', '.join(wanted)}" if wanted else ""
-            raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}")
+            with_version = f" at version {version}" if version is not None else ""
+            raise not_found(f"no healthy agent of type {agent_type!r}{with_caps}{with_version}")
         return picked.wire()
 
     async def _answer(

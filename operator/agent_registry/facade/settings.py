@@ -106,6 +106,11 @@ class FacadeSettings(BaseSettings):
     query_queue_seconds: float = Field(default=1.0, gt=0, le=60)
     """How long a read may wait for its turn before it is answered 429."""
 
+    route_seed: int | None = None
+    """Seeds the random draws of load-aware routing (``GET /agents/route``), so a test or a
+    benchmark can repeat its picks. Unset: fresh randomness per process, which replicas
+    need (with one seed they would all draw alike)."""
+
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"))
     """The operator's index. Down or empty, reads fall back to the API server."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +60,7 @@ class Registry:
         self.recent = RecentWrites(settings.read_your_writes_seconds)
         self.index = IndexAccess(reader, settings.redis_retry_seconds)
         self.auth = Authenticator(kube, settings)
-        self.reads = Reads(kube, self.index, self.recent, RoundRobin())
+        self.reads = Reads(kube, self.index, self.recent, RoundRobin(), random.Random(settings.route_seed))
         self.writes = Writes(kube, self.auth, self.recent, settings)
 
     @classmethod

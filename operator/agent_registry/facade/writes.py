@@ -40,7 +40,16 @@ from agent_registry.facade.settings import FacadeSettings
 from agent_registry.kubeapi import StatusError, Unavailable, objects
 from agent_registry.schema import constants as c
 from agent_registry.schema import lease
-from agent_registry.schema.agent import UUID_PATTERN, AgentSpec, AgentStatus, HeartbeatSettings, ReportedStatus
+from agent_registry.schema.agent import (
+    UUID_PATTERN,
+    AgentSpec,
+    AgentStatus,
+    HeartbeatSettings,
+    Load,
+    ReportedStatus,
+    capability_health_list,
+    capability_reports,
+)
 from agent_registry.schema.rest import (
     HeartbeatRequest,
     HeartbeatResponse,
@@ -220,17 +229,23 @@ class Writes:
     # --- heartbeat -------------------------------------------------------------------------
 
     async def heartbeat(self, caller: Caller, agent: Located, request: HeartbeatRequest) -> HeartbeatResponse:
+        _check_capabilities(agent, request)
         await self._require_owner(caller, agent, "heartbeat")
         now = _now()
         if not _report_changes(agent, request) and agent.uid and self._lease_usable():
-            renewed = await self._renew_lease(agent, now)
+            renewed = await self._renew_lease(agent, now, request.load)
             if renewed:
                 self.recent.renewed(agent.agent_id, now)
                 metrics.HEARTBEAT_WRITES.labels(write="lease").inc()
                 metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
                 interval = agent.interval_seconds or self.heartbeat_settings.interval_seconds
                 return HeartbeatResponse(received=True, next_interval_seconds=interval, timestamp=now)
-        return await self._status_heartbeat(agent, request, now)
+        response = await self._status_heartbeat(agent, request, now)
+        if request.load is not None and agent.uid and self._lease_usable():
+            # Load travels only on the Lease (the index takes it from there): a heartbeat
+            # that had to write the status renews the Lease as well, so its load counts.
+            await self._renew_lease(agent, now, request.load)
+        return response
 
     async def _status_heartbeat(self, agent: Located, request: HeartbeatRequest, now: datetime) -> HeartbeatResponse:
         """The heartbeat as a status patch: the report changed, or the Lease cannot be used."""
@@ -242,6 +257,9 @@ class Writes:
         }
         if request.metadata:
             fields["reported_metadata"] = request.metadata
+        # The whole list, empty when all are healthy: a merge-patch replaces lists, so
+        # capabilities that recovered drop out.
+        fields["capability_health"] = capability_health_list(request.capabilities)
         status = AgentStatus(**fields).model_dump(mode="json", by_alias=True, exclude_unset=True)
         try:
             resource = await self._kube(
@@ -261,7 +279,11 @@ class Writes:
             self.recent.forget(agent.agent_id)
             raise not_found()
         self.recent.wrote(
-            agent.agent_id, agent.namespace, agent.name, resource, changes_queries=_changes_queries(resource, request)
+            agent.agent_id,
+            agent.namespace,
+            agent.name,
+            resource,
+            changes_queries=_changes_queries(resource, request, agent),
         )
         metrics.HEARTBEAT_WRITES.labels(write="status").inc()
         metrics.OPERATIONS.labels(operation="heartbeat", outcome=request.status.value).inc()
@@ -275,14 +297,14 @@ class Writes:
     def _lease_usable(self) -> bool:
         return time.monotonic() >= self._lease_refused_until
 
-    async def _renew_lease(self, agent: Located, now: datetime) -> bool:
+    async def _renew_lease(self, agent: Located, now: datetime, load: Load | None) -> bool:
         """Renew the agent's Lease, creating it when missing; False when the API server
         refuses Leases (RBAC older than this facade): the heartbeat then patches the status,
         and Leases are tried again after ``LEASE_RETRY_SECONDS``."""
         unreachable = agent.unreachable_after_seconds or self.heartbeat_settings.unreachable_after_seconds
         spec = lease.renewal(HEARTBEAT_SOURCE, unreachable, now)
         name = lease.lease_name(agent.name)
-        patch = lease.renewal_patch(agent.name, agent.uid, spec)
+        patch = lease.renewal_patch(agent.name, agent.uid, spec, load)
         try:
             try:
                 await self._kube(self.kube.renew_lease(agent.namespace, name, patch), "renew the agent's Lease")
@@ -298,7 +320,7 @@ class Writes:
                 metrics.OPERATIONS.labels(operation="heartbeat", outcome="unknown").inc()
                 raise not_found()
             owner = objects.registered_by(current)
-            body = lease.build_lease(agent.namespace, agent.name, agent.uid, spec, owner)
+            body = lease.build_lease(agent.namespace, agent.name, agent.uid, spec, owner, load)
             try:
                 await self._kube(self.kube.create_lease(agent.namespace, body), "create the agent's Lease")
             except StatusError as exc:
@@ -419,20 +441,35 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
+def _check_capabilities(agent: Located, request: HeartbeatRequest) -> None:
+    """A capability's health can be reported only for a capability the agent has."""
+    unknown = sorted(set(request.capabilities or {}) - set(agent.view.capabilities))
+    if unknown:
+        have = ", ".join(agent.view.capabilities) or "none"
+        raise bad_request(
+            f"capabilities.{unknown[0]}: not one of the agent's capabilities ({have}); "
+            "report health only for capabilities it registered"
+        )
+
+
 def _report_changes(agent: Located, request: HeartbeatRequest) -> bool:
     """Whether the heartbeat reports something the registry does not show yet: another
     status (an Unreachable agent's report differs too, so its phase is written back at
-    once), or a metadata value that differs."""
+    once), another health of a capability, or a metadata value that differs."""
     if request.status.value != agent.view.status:
+        return True
+    reported = capability_reports(capability_health_list(request.capabilities))
+    if reported != (agent.view.capability_health or {}):
         return True
     shown = agent.view.metadata or {}
     return any(key not in shown or shown[key] != value for key, value in (request.metadata or {}).items())
 
 
-def _changes_queries(resource: dict[str, Any], request: HeartbeatRequest) -> bool:
-    """Whether a heartbeat can change what a query answers: new metadata, or a reported
-    status other than the phase the index shows (the operator will change the phase)."""
-    if request.metadata:
+def _changes_queries(resource: dict[str, Any], request: HeartbeatRequest, agent: Located) -> bool:
+    """Whether a heartbeat can change what a query answers: new metadata or capability
+    health, or a reported status other than the phase the index shows (the operator will
+    change the phase)."""
+    if request.metadata or request.capabilities or agent.view.capability_health:
         return True
     phase = (resource.get("status") or {}).get("phase")
     return phase is None or rest_status(str(phase)) != request.status.value

@@ -3,7 +3,7 @@
 Everything but two pointer keys lives in a *generation*, so a full resync can build a
 complete new index beside the live one and switch to it in one step::
 
-    <p> = <prefix>:v2                 format version: a new layout gets a fresh keyspace
+    <p> = <prefix>:v3                 format version: a new layout gets a fresh keyspace
     <p>:current                       string  id of the live generation (the pointer)
     <p>:pending                       set     ids of generations a resync is building
     <p>:rr:<scope>:<type>:<caps>      string  a routing question's round-robin counter (expires)
@@ -13,16 +13,28 @@ complete new index beside the live one and switch to it in one step::
     <p>:g:<gen>:mem                   hash    agent id -> its name field and set names, one a line
     <p>:g:<gen>:keys                  set     every set key of the generation, for refresh()
     <p>:g:<gen>:touched               set     ids changed live while the generation was pending
+    <p>:g:<gen>:picks                 hash    agent id -> routes picked it since its last record (load estimate)
     <p>:g:<gen>:s:<scope>:all         set     agent ids in the scope
     <p>:g:<gen>:s:<scope>:type:<t>    set
     <p>:g:<gen>:s:<scope>:cap:<c>     set
     <p>:g:<gen>:s:<scope>:status:<s>  set     REST status: healthy|degraded|unhealthy|unreachable
+    <p>:g:<gen>:s:<scope>:capok:<c>   set     has capability c and does not report it unhealthy
+    <p>:g:<gen>:s:<scope>:capdeg:<c>  set     reports capability c degraded
+    <p>:g:<gen>:s:<scope>:loaded      set     reports its load
+    <p>:g:<gen>:s:<scope>:full        set     reports as many tasks in flight as it accepts, or more
 
 ``<scope>`` is a namespace, or ``*`` for all namespaces: each agent is in both, so a
 cluster-wide query is one SINTER like a namespaced one. No namespace can be named ``*``,
 and types, capabilities and namespaces never contain ``:`` (``IndexedAgent`` checks), so
 names cannot collide. ``mem`` remembers an agent's memberships so an upsert can leave the
 sets it no longer belongs to without parsing the old record in Lua.
+
+A query with ``status=healthy`` and capabilities intersects ``capok`` sets instead of
+``cap`` ones, so an agent that reports a capability unhealthy drops out of it with no
+filtering after the intersection (the list answer and the route read the same sets).
+Format v3 added ``capok``, ``capdeg``, ``loaded``, ``full`` and ``picks``: a v2 index lacks
+them, so an upgraded facade must not read one (it reads the API server until the upgraded
+operator has built v3).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from typing import Final
 from agent_registry.index.record import IndexedAgent
 
 DEFAULT_PREFIX: Final = "agent-registry"
-FORMAT_VERSION: Final = "v2"
+FORMAT_VERSION: Final = "v3"
 ALL_NAMESPACES: Final = "*"
 REST_STATUSES: Final = ("healthy", "degraded", "unhealthy", "unreachable")
 
@@ -46,7 +58,8 @@ NAMES: Final = "names"
 MEMBERSHIPS: Final = "mem"
 KEY_REGISTRY: Final = "keys"
 TOUCHED: Final = "touched"
-FIXED_KEYS: Final = (META, RECORDS, NAMES, MEMBERSHIPS, KEY_REGISTRY, TOUCHED)
+PICKS: Final = "picks"
+FIXED_KEYS: Final = (META, RECORDS, NAMES, MEMBERSHIPS, KEY_REGISTRY, TOUCHED, PICKS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,26 @@ def status_set(scope: str, status: str) -> str:
     return f"s:{scope}:status:{status}"
 
 
+def usable_capability_set(scope: str, capability: str) -> str:
+    return f"s:{scope}:capok:{capability}"
+
+
+def degraded_capability_set(scope: str, capability: str) -> str:
+    return f"s:{scope}:capdeg:{capability}"
+
+
+def load_reporting_set(scope: str) -> str:
+    return f"s:{scope}:loaded"
+
+
+def full_set(scope: str) -> str:
+    return f"s:{scope}:full"
+
+
+def _scope(namespace: str | None) -> str:
+    return ALL_NAMESPACES if namespace is None else namespace
+
+
 def memberships(record: IndexedAgent) -> str:
     """The ``mem`` entry: the record's name field, then every set it belongs to, one a line."""
     view = record.agent
@@ -118,19 +151,52 @@ def memberships(record: IndexedAgent) -> str:
         lines.append(all_set(scope))
         lines.append(type_set(scope, view.type))
         lines.append(status_set(scope, view.status))
-        lines.extend(capability_set(scope, capability) for capability in view.capabilities)
+        for capability in view.capabilities:
+            lines.append(capability_set(scope, capability))
+            health = view.capability_status(capability)
+            if health != "unhealthy":
+                lines.append(usable_capability_set(scope, capability))
+            if health == "degraded":
+                lines.append(degraded_capability_set(scope, capability))
+        if record.load is not None:
+            lines.append(load_reporting_set(scope))
+            if record.load.full:
+                lines.append(full_set(scope))
     return "\n".join(lines)
 
 
 def query_sets(
     namespace: str | None, agent_type: str | None, capabilities: Sequence[str], status: str | None
 ) -> list[str]:
-    """The sets whose intersection answers a query (never empty: no filter means the scope's ``all``)."""
-    scope = ALL_NAMESPACES if namespace is None else namespace
+    """The sets whose intersection answers a query (never empty: no filter means the scope's ``all``).
+
+    Asking for healthy agents with a capability asks for agents that do not report that
+    capability unhealthy."""
+    scope = _scope(namespace)
     sets = []
     if agent_type is not None:
         sets.append(type_set(scope, agent_type))
     if status is not None:
         sets.append(status_set(scope, status))
-    sets.extend(capability_set(scope, capability) for capability in dict.fromkeys(capabilities))
+    per_capability = usable_capability_set if status == "healthy" else capability_set
+    sets.extend(per_capability(scope, capability) for capability in dict.fromkeys(capabilities))
     return sets or [all_set(scope)]
+
+
+@dataclass(frozen=True)
+class RouteSets:
+    """The sets a route pick reads besides its candidates: who reports load, who is full,
+    who reports one of the wanted capabilities degraded."""
+
+    load_reporting: str
+    full: str
+    degraded: tuple[str, ...]
+
+
+def route_sets(namespace: str | None, capabilities: Sequence[str]) -> RouteSets:
+    scope = _scope(namespace)
+    return RouteSets(
+        load_reporting_set(scope),
+        full_set(scope),
+        tuple(degraded_capability_set(scope, capability) for capability in dict.fromkeys(capabilities)),
+    )

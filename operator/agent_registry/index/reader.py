@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ def text(value: str | bytes) -> str:
 
 _LISTED_ENTRIES = 16_384
 _PARSED_ENTRIES = 2_048
+SEED_LIMIT = 2**31 - 1
+"""Route seeds are drawn from [1, SEED_LIMIT): the script's generator needs them so."""
 ROUTE_COUNTER_SECONDS = 3600
 """A routing question nobody asked for an hour starts its round robin afresh."""
 
@@ -71,12 +74,23 @@ class Listed:
     name: str
     namespace: str
     resource_version: str
+    version: str
+    """The agent's software version, for routes that constrain it."""
     wire: bytes
     raw: str
 
     @property
     def record(self) -> IndexedAgent:
         return IndexedAgent.model_validate_json(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Picked:
+    """A route's pick: the agent's id, and its record when the index has one (a candidate
+    given by id may be too new for the index)."""
+
+    id: str
+    listed: Listed | None
 
 
 class Listing:
@@ -141,7 +155,9 @@ class _ParsedRecords:
             # lookups by id. A record parsed for one (get_with_wire) is reused.
             record = self._records.get(key) or IndexedAgent.model_validate_json(key)
             wire = wire_json(record.to_json())
-            entry = Listed(record.id, record.name, record.namespace, record.resource_version, wire, key)
+            entry = Listed(
+                record.id, record.name, record.namespace, record.resource_version, record.agent.version, wire, key
+            )
             self._listed.put(key, entry)
         return entry
 
@@ -276,23 +292,50 @@ class IndexReader:
         entries.sort(key=lambda entry: (entry.name, entry.namespace))
         return Listing(entries)
 
-    async def route(self, namespace: str, agent_type: str, capabilities: Sequence[str]) -> Listed | None:
-        """One healthy agent of the type with every capability, round robin over all that
-        match (one counter per question, shared by every reader); None when none does."""
+    async def route(
+        self,
+        namespace: str,
+        agent_type: str,
+        capabilities: Sequence[str],
+        *,
+        seed: int | None = None,
+        key: str | None = None,
+        among: Sequence[str] | None = None,
+    ) -> Picked | None:
+        """One healthy agent of the type with every capability usable (``scripts.ROUTE``
+        says how it is chosen: free over full, healthy over degraded capabilities, then the
+        sticky ``key``, the load, or round robin); None when none matches.
+
+        ``among`` gives the candidates' ids instead of the sets (the caller filtered them
+        itself); ``seed`` is the caller's random draw, in [1, 2**31 - 2] (a fresh one when not given)."""
         if not self._valid_scope(namespace):
             return None
+        extra = k.route_sets(namespace, capabilities)
+        if among is not None:
+            source = ["ids", *among]
+        else:
+            source = ["sets", *k.query_sets(namespace, agent_type, capabilities, "healthy")]
         with translated_errors():
             reply = await self._route(
                 keys=[self.layout.current, self.layout.route_counter(namespace, agent_type, capabilities)],
                 args=[
                     self.layout.generations,
                     ROUTE_COUNTER_SECONDS,
-                    *k.query_sets(namespace, agent_type, capabilities, "healthy"),
+                    key or "",
+                    random.randrange(1, SEED_LIMIT) if seed is None else seed,
+                    extra.load_reporting,
+                    extra.full,
+                    len(extra.degraded),
+                    *extra.degraded,
+                    *source,
                 ],
             )
             if _no_index(reply):
                 raise IndexLost("no index in redis")
-            return None if reply is None else self._parsed.listed(reply)
+            if reply is None:
+                return None
+            picked_id, raw = reply[0], reply[1] if len(reply) > 1 else None
+            return Picked(text(picked_id), None if raw is None else self._parsed.listed(raw))
 
     async def count(
         self,

@@ -14,6 +14,7 @@ from agent_registry.schema.agent import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
     AgentSpec,
+    Load,
     Phase,
 )
 from agent_registry.schema.rest import AgentView, agent_view_from_resource, rest_status
@@ -42,6 +43,8 @@ class IndexedAgent(BaseModel):
     """``spec.heartbeat``'s timing, so a heartbeat that only renews the Lease needs no read
     of the Agent to answer ``next_interval_seconds`` and set the Lease's duration."""
     unreachable_after_seconds: int | None = None
+    load: Load | None = None
+    """The load the agent's last Lease renewal reported (``schema.lease``); routing reads it."""
 
     @model_validator(mode="after")
     def _usable_in_key_names(self) -> Self:
@@ -80,12 +83,14 @@ def record_from_resource(
     *,
     phase: Phase | str | None = None,
     last_seen: datetime | None = None,
+    load: Load | None = None,
 ) -> IndexedAgent:
     """The index record for an Agent object as the API server returns it.
 
     ``phase`` overrides ``status.phase`` when the operator has decided a phase it has not
     patched in yet; ``last_seen`` is the operator's own observation time of the last
-    heartbeat (``agent_view_from_resource`` falls back to the agent's clock otherwise).
+    heartbeat (``agent_view_from_resource`` falls back to the agent's clock otherwise);
+    ``load`` comes from the agent's Lease, which the operator watches apart.
     """
     view = agent_view_from_resource(resource, last_seen=last_seen)
     meta = resource.get("metadata") or {}
@@ -104,4 +109,5 @@ def record_from_resource(
         phase=resolved,
         interval_seconds=timing.interval_seconds,
         unreachable_after_seconds=timing.unreachable_after_seconds,
+        load=load,
     )

@@ -14,8 +14,8 @@ from typing import Final
 from agent_registry.index import keys as k
 
 _PRELUDE: Final = f"""
-local META, REC, NAMES, MEM, KEYREG, TOUCHED =
-  '{k.META}', '{k.RECORDS}', '{k.NAMES}', '{k.MEMBERSHIPS}', '{k.KEY_REGISTRY}', '{k.TOUCHED}'
+local META, REC, NAMES, MEM, KEYREG, TOUCHED, PICKS =
+  '{k.META}', '{k.RECORDS}', '{k.NAMES}', '{k.MEMBERSHIPS}', '{k.KEY_REGISTRY}', '{k.TOUCHED}', '{k.PICKS}'
 """
 
 _WRITE_HELPERS: Final = r"""
@@ -57,6 +57,8 @@ local function put(base, ttl, id, record, membership, expired)
   end
   redis.call('HSET', base .. NAMES, entries[1], id)
   redis.call('HSET', base .. MEM, id, membership)
+  -- A new record (a renewal with the agent's own load) replaces the routes' estimate.
+  redis.call('HDEL', base .. PICKS, id)
   if redis.call('HSET', base .. REC, id, record) == 1 then
     redis.call('HINCRBY', base .. META, 'agents', 1)
   end
@@ -69,6 +71,7 @@ end
 local function drop(base, id)
   leave_old(base, id, {})
   redis.call('HDEL', base .. MEM, id)
+  redis.call('HDEL', base .. PICKS, id)
   if redis.call('HDEL', base .. REC, id) == 1 then
     redis.call('HINCRBY', base .. META, 'agents', -1)
   end
@@ -265,25 +268,124 @@ return out
 """
 )
 
-# KEYS: current, the question's pick counter. ARGV: generations prefix, counter TTL, then set
-# suffixes (at least one). Returns -1, nil when nothing matches, or the picked record JSON.
-# Round robin over the matches in the order the intersection returns them, which holds
-# while the sets do not change; the counter is shared by every facade replica.
+# KEYS: current, the question's round-robin counter.
+# ARGV: [1] generations prefix, [2] counter and picks TTL, [3] sticky key ('' for none),
+#   [4] a random seed in [1, 2^31 - 2], [5] the load-reporting set, [6] the full set,
+#   [7] d, the number of degraded-capability sets, [8 .. 7+d] them,
+#   [8+d] 'sets' or 'ids', then set suffixes (at least one) or candidate ids.
+# Returns -1 (no index), nil (no candidate), or {picked id, its record JSON or nil}.
+#
+# The candidates are the intersection of the sets (or the ids given). Among them the
+# pick prefers, in order: free (not full) over full, then no wanted capability degraded
+# over one degraded; within the best such group it takes the sticky key's rendezvous
+# winner, else the less loaded of two drawn at random when the namespace has load
+# reports, else the next by the counter (round robin in intersection order, which holds
+# while the sets do not change; the counter is shared by every facade replica). A pick by
+# load counts against the picked agent until its next record, so picks between two
+# heartbeats do not all land on the agent that was idlest at the last one.
 ROUTE: Final = (
     _PRELUDE
     + _READ_HELPERS
     + """
 local base = live_base(KEYS[1], ARGV[1])
 if not base then return -1 end
-local ids = members(query_sets(base, 3))
+local degraded_sets = tonumber(ARGV[7])
+local source = 8 + degraded_sets
+local ids
+if ARGV[source] == 'sets' then
+  ids = members(query_sets(base, source + 1))
+else
+  ids = {}
+  for i = source + 1, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
 if #ids == 0 then return false end
+
+-- Park-Miller: enough draws from one seed, exact in Lua's doubles.
+local seed = tonumber(ARGV[4])
+local function draw(n)
+  seed = (seed * 16807) % 2147483647
+  return (seed % n) + 1
+end
+
+-- Penalties: 1 for a wanted capability degraded, 2 for full (so 3 is both).
+local penalty, penalised = {}, false
+for i = 8, 7 + degraded_sets do
+  for _, id in ipairs(redis.call('SMEMBERS', base .. ARGV[i])) do penalty[id] = 1; penalised = true end
+end
+for _, id in ipairs(redis.call('SMEMBERS', base .. ARGV[6])) do
+  penalty[id] = (penalty[id] or 0) + 2; penalised = true
+end
+
+-- `eligible(id)`: in the best group. Usually nobody is penalised and that is everyone;
+-- else a few draws find an unpenalised candidate without walking them all.
+local function everyone() return true end
+local eligible = everyone
+if penalised then
+  for _ = 1, 8 do
+    if not penalty[ids[draw(#ids)]] then eligible = function(id) return not penalty[id] end; break end
+  end
+  if eligible == everyone then
+    local best, group = 4, {}
+    for _, id in ipairs(ids) do
+      local p = penalty[id] or 0
+      if p < best then best, group = p, {id} elseif p == best then group[#group + 1] = id end
+    end
+    ids = group
+  end
+end
+
+local function answer(id, record)
+  if record == nil then record = redis.call('HGET', base .. REC, id) end
+  return {id, record}
+end
+
+if ARGV[3] ~= '' then
+  local winner, top = nil, ''
+  for _, id in ipairs(ids) do
+    if eligible(id) then
+      local score = redis.sha1hex(ARGV[3] .. '\\n' .. id)
+      if score > top then winner, top = id, score end
+    end
+  end
+  return answer(winner)
+end
+
+if redis.call('SCARD', base .. ARGV[5]) > 0 then
+  local drawn = {}
+  for _ = 1, 16 do
+    local id = ids[draw(#ids)]
+    if eligible(id) and id ~= drawn[1] then drawn[#drawn + 1] = id end
+    if #drawn == 2 or #drawn == #ids then break end
+  end
+  if #drawn == 0 then
+    for _, id in ipairs(ids) do if eligible(id) then drawn[1] = id; break end end
+  end
+  local records = redis.call('HMGET', base .. REC, unpack(drawn))
+  local picks = redis.call('HMGET', base .. PICKS, unpack(drawn))
+  local best, best_use, best_reports = 1, nil, false
+  for i = 1, #drawn do
+    -- An agent without a load report counts as half busy: neither preferred nor avoided.
+    local use, reports = 0.5, false
+    if records[i] then
+      local load = cjson.decode(records[i])['load']
+      if type(load) == 'table' then
+        use, reports = (load['in_flight'] + (tonumber(picks[i]) or 0)) / load['max'], true
+      end
+    end
+    if best_use == nil or use < best_use then best, best_use, best_reports = i, use, reports end
+  end
+  if best_reports then
+    redis.call('HINCRBY', base .. PICKS, drawn[best], 1)
+    redis.call('EXPIRE', base .. PICKS, ARGV[2])
+  end
+  return answer(drawn[best], records[best] or nil)
+end
+
 local turn = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
--- A record can be missing for a moment only if the sets and records disagree (never
--- within a script); try the next ones rather than answer "none".
 for step = 0, #ids - 1 do
-  local record = redis.call('HGET', base .. REC, ids[((turn + step) % #ids) + 1])
-  if record then return record end
+  local id = ids[((turn + step) % #ids) + 1]
+  if eligible(id) then return answer(id) end
 end
 return false
 """

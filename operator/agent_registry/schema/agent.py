@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -134,6 +135,40 @@ class ReportedStatus(enum.StrEnum):
     UNHEALTHY = "unhealthy"
 
 
+class Load(BaseModel):
+    """An agent's load as a heartbeat reports it: tasks in flight, and the most it accepts.
+
+    ``in_flight`` may exceed ``max`` (an agent that took more than it should): it is full
+    either way. Never stored on the Agent: it travels on the Lease (``schema.lease``) and
+    lives in the index, where routing reads it (docs/decisions.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    in_flight: int = Field(strict=True, ge=0, le=c.MAX_LOAD, description="Tasks the agent is working on now.")
+    max: int = Field(strict=True, ge=1, le=c.MAX_LOAD, description="The most tasks the agent accepts at once.")
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.max
+
+    @property
+    def utilisation(self) -> float:
+        return self.in_flight / self.max
+
+
+CapabilityReason = Annotated[str, StringConstraints(max_length=c.MAX_CAPABILITY_REASON_LENGTH)]
+
+
+class CapabilityReport(BaseModel):
+    """The health of one capability, as a heartbeat reports it and the REST API shows it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: ReportedStatus
+    reason: CapabilityReason = ""
+
+
 class Phase(enum.StrEnum):
     """The registry's view of an agent, decided by the operator."""
 
@@ -226,6 +261,28 @@ class Condition(_Model):
     observed_generation: Annotated[int, Field(ge=0)] | None = None
 
 
+class CapabilityHealth(_Model):
+    """One capability an agent reports as not healthy (healthy ones are not stored)."""
+
+    name: Capability
+    status: ReportedStatus
+    reason: CapabilityReason = ""
+
+
+def capability_health_list(reports: Mapping[str, CapabilityReport] | None) -> list[CapabilityHealth]:
+    """``status.capabilityHealth`` for a heartbeat's report: the capabilities not healthy, by name."""
+    return [
+        CapabilityHealth(name=name, status=report.status, reason=report.reason)
+        for name, report in sorted((reports or {}).items())
+        if report.status != ReportedStatus.HEALTHY
+    ]
+
+
+def capability_reports(entries: list[CapabilityHealth] | None) -> dict[str, CapabilityReport]:
+    """The other way round: the REST form of ``status.capabilityHealth``."""
+    return {entry.name: CapabilityReport(status=entry.status, reason=entry.reason) for entry in entries or []}
+
+
 class AgentStatus(_Model):
     """Observed state. Heartbeat fields are written by the sidecar or the facade; the
     rest by the operator. The API server prunes status fields missing here, so every
@@ -250,6 +307,12 @@ class AgentStatus(_Model):
     )
     heartbeat_source: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         default=None, description="Who writes the heartbeats, e.g. sidecar/<pod> or rest."
+    )
+    capability_health: Annotated[list[CapabilityHealth], Field(max_length=c.MAX_CAPABILITIES)] | None = Field(
+        default=None,
+        description="Capabilities the agent last reported degraded or unhealthy (the others are healthy). "
+        "Routing skips an agent for a capability it reports unhealthy; its phase does not change.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     conditions: Annotated[list[Condition], Field(max_length=c.MAX_CONDITIONS)] | None = Field(
         default=None,

@@ -32,6 +32,10 @@ OVERRIDE_VERB: Final = "override"
 # covers Leases carrying it.
 AGENT_LEASE_LABEL: Final = f"{GROUP}/agent"
 
+# Annotation on an agent's Lease carrying the load its last renewal reported, "<in_flight>/<max>".
+# On the Lease, not the Agent: load changes with every heartbeat, and a renewal is written anyway.
+LOAD_ANNOTATION: Final = f"{GROUP}/load"
+
 KNOWN_AGENT_TYPES: Final = ("cost", "performance", "resource", "application")
 
 # Heartbeat defaults: beat every 30 s, Unreachable after 45 s of silence, deleted 5 min later.
@@ -51,6 +55,8 @@ MAX_METADATA_ENTRIES: Final = 64
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_MESSAGE_LENGTH: Final = 1024
 MAX_CONDITIONS: Final = 16
+MAX_CAPABILITY_REASON_LENGTH: Final = 256
+MAX_LOAD: Final = 1_000_000
 
 MIN_INTERVAL_SECONDS: Final = 1
 MAX_INTERVAL_SECONDS: Final = 3600

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_registry.schema import constants as c
+from agent_registry.schema.agent import Load
 
 API_VERSION = "coordination.k8s.io/v1"
 KIND = "Lease"
@@ -86,14 +87,41 @@ def owner_reference(agent_name: str, agent_uid: str) -> dict[str, Any]:
     return {"apiVersion": c.API_VERSION, "kind": c.KIND, "name": agent_name, "uid": agent_uid}
 
 
-def renewal_patch(agent_name: str, agent_uid: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A renewal as one merge-patch, no read first: the spec, and the owner reference.
+def load_annotation(load: Load | None) -> str | None:
+    """The ``load`` annotation's value, ``<in_flight>/<max>``; None (removed) without a report."""
+    return None if load is None else f"{load.in_flight}/{load.max}"
+
+
+def load_of(lease: Mapping[str, Any]) -> Load | None:
+    """The load the Lease's last renewal reported, or None (none, or not in the annotation's form)."""
+    value = ((lease.get("metadata") or {}).get("annotations") or {}).get(c.LOAD_ANNOTATION)
+    if not isinstance(value, str):
+        return None
+    in_flight, _, most = value.partition("/")
+    if not (in_flight.isdigit() and most.isdigit()):
+        return None
+    try:
+        return Load(in_flight=int(in_flight), max=int(most))
+    except ValueError:
+        return None
+
+
+def renewal_patch(agent_name: str, agent_uid: str, spec: Mapping[str, Any], load: Load | None = None) -> dict[str, Any]:
+    """A renewal as one merge-patch, no read first: the spec, the owner reference and the load.
 
     The owner goes in every renewal so that a Lease left by an earlier Agent of the same
     name (deleted, its Lease not collected yet) becomes the current Agent's at the first
-    renewal, instead of being renewed for an owner the operator no longer tracks.
+    renewal, instead of being renewed for an owner the operator no longer tracks. The load
+    annotation goes in every renewal too, null when there is no report, so a stale one is
+    removed.
     """
-    return {"metadata": {"ownerReferences": [owner_reference(agent_name, agent_uid)]}, "spec": dict(spec)}
+    return {
+        "metadata": {
+            "ownerReferences": [owner_reference(agent_name, agent_uid)],
+            "annotations": {c.LOAD_ANNOTATION: load_annotation(load)},
+        },
+        "spec": dict(spec),
+    }
 
 
 def build_lease(
@@ -102,6 +130,7 @@ def build_lease(
     agent_uid: str,
     spec: Mapping[str, Any],
     registered_by: str | None = None,
+    load: Load | None = None,
 ) -> dict[str, Any]:
     """A new Lease for the Agent ``agent_name`` (uid ``agent_uid``), with ``spec`` from ``renewal``.
 
@@ -114,8 +143,9 @@ def build_lease(
         "labels": {c.AGENT_LEASE_LABEL: label_value(agent_name)},
         "ownerReferences": [owner_reference(agent_name, agent_uid)],
     }
-    if registered_by:
-        metadata["annotations"] = {c.REGISTERED_BY_ANNOTATION: registered_by}
+    annotations = {c.REGISTERED_BY_ANNOTATION: registered_by, c.LOAD_ANNOTATION: load_annotation(load)}
+    if any(annotations.values()):
+        metadata["annotations"] = {key: value for key, value in annotations.items() if value}
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": dict(spec)}
 
 

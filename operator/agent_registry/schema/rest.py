@@ -21,11 +21,15 @@ from agent_registry.schema.agent import (
     AgentType,
     AgentVersion,
     Capabilities,
+    Capability,
+    CapabilityReport,
     Host,
+    Load,
     Metadata,
     Phase,
     Port,
     ReportedStatus,
+    capability_reports,
 )
 
 AgentName = Annotated[
@@ -78,6 +82,17 @@ class RegistrationResponse(BaseModel):
 class HeartbeatRequest(_Request):
     status: ReportedStatus
     metadata: Metadata | None = None
+    capabilities: Annotated[dict[Capability, CapabilityReport], Field(max_length=c.MAX_CAPABILITIES)] | None = Field(
+        default=None,
+        description=(
+            "Optional: the health of each capability, by name; one not named is healthy. "
+            "Every heartbeat is a full report: leaving this out means all are healthy."
+        ),
+    )
+    load: Load | None = Field(
+        default=None,
+        description="Optional: the agent's load now. Routing prefers less loaded agents; left out, it has none.",
+    )
 
 
 class HeartbeatResponse(BaseModel):
@@ -111,13 +126,22 @@ class AgentView(BaseModel):
     registered_at: datetime | None
     last_seen: datetime | None
     metadata: dict[str, Any] | None = None
+    capability_health: dict[str, CapabilityReport] | None = None
+    """Capabilities the agent reports degraded or unhealthy; absent when all are healthy."""
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form: ``metadata`` is omitted when empty, as the original did."""
+        """The wire form: ``metadata`` is omitted when empty, as the original did, and so is
+        ``capability_health`` (an agent that reports none answers exactly as before)."""
         data = self.model_dump(mode="json")
-        if not data.get("metadata"):
-            data.pop("metadata", None)
+        for optional in ("metadata", "capability_health"):
+            if not data.get(optional):
+                data.pop(optional, None)
         return data
+
+    def capability_status(self, capability: str) -> str:
+        """``healthy``, ``degraded`` or ``unhealthy``: what the agent reports for one capability."""
+        report = (self.capability_health or {}).get(capability)
+        return ReportedStatus.HEALTHY.value if report is None else report.status.value
 
 
 def agent_view_from_resource(resource: Mapping[str, Any], last_seen: datetime | None = None) -> AgentView:
@@ -130,6 +154,13 @@ def agent_view_from_resource(resource: Mapping[str, Any], last_seen: datetime | 
     spec = AgentSpec.model_validate(resource.get("spec", {}))
     status = AgentStatus.model_validate(resource.get("status") or {})
     merged = {**spec.metadata, **(status.reported_metadata or {})}
+    # Only the capabilities the agent has: a report left from before a re-registration
+    # that dropped one must not show (or steer routing).
+    health = {
+        name: report
+        for name, report in capability_reports(status.capability_health).items()
+        if name in spec.capabilities
+    }
     return AgentView(
         id=status.agent_id or meta.get("labels", {}).get(c.AGENT_ID_LABEL, ""),
         name=meta.get("name", ""),
@@ -142,6 +173,7 @@ def agent_view_from_resource(resource: Mapping[str, Any], last_seen: datetime | 
         registered_at=status.registered_at,
         last_seen=last_seen or status.last_heartbeat_time or status.registered_at,
         metadata=merged or None,
+        capability_health=health or None,
     )
 
 

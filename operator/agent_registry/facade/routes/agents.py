@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import StringConstraints
 
-from agent_registry.facade import etags
+from agent_registry.facade import etags, versions
 from agent_registry.facade.deps import (
     CallerDep,
     DeletableAgent,
@@ -54,6 +54,7 @@ CapabilityFilter = Annotated[
 StatusFilter = Annotated[RestStatus | None, Query(alias="status", description="Only agents in this status.")]
 
 _READ_ERRORS = documented(400, 401, 403, 503)
+MAX_ROUTE_KEY_LENGTH = 256
 
 
 def _list(request: Request, body: bytes) -> Response:
@@ -105,7 +106,8 @@ async def healthy_agents(
 
 @router.get(
     "/route",
-    summary="Pick one healthy agent of a type with the given capabilities, spreading picks over all that match",
+    summary="Pick one healthy agent of a type with the given capabilities usable, the least loaded of two "
+    "when agents report load, else round robin; or the one a key sticks to",
     response_model=AgentView,
     responses=documented(400, 401, 403, 404, 503),
 )
@@ -115,8 +117,25 @@ async def route(
     namespace: NamespaceDep,
     agent_type: Annotated[str, Query(alias="type", max_length=c.MAX_TYPE_LENGTH, description="The agent type.")],
     capabilities: CapabilityFilter = [],  # noqa: B006
+    key: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_ROUTE_KEY_LENGTH,
+            description="Sticky routing: the same key gets the same agent while that agent stays eligible.",
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=versions.MAX_CONSTRAINT_LENGTH,
+            description="Only agents whose version satisfies this: PEP 440 specifiers such as '>=1.4,<2', "
+            "or '^1.4' / '~1.4'.",
+        ),
+    ] = None,
 ) -> Response:
-    body = await registry.reads.route_json(namespace, agent_type, capabilities)
+    body = await registry.reads.route_json(namespace, agent_type, capabilities, key, version)
     return Response(body, media_type="application/json")
 
 
