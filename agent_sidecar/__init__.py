@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent_sidecar.client import AgentRegistration
+    from agent_sidecar.client import AgentRegistration, RegistryClient
 
-__all__ = ["AgentRegistration"]
+__all__ = ["AgentRegistration", "RegistryClient"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the sidecar process never needs httpx, and its memory budget is small.
-    if name == "AgentRegistration":
-        from agent_sidecar.client import AgentRegistration  # noqa: PLC0415 - lazy on purpose
+    if name in __all__:
+        from agent_sidecar import client  # noqa: PLC0415 - lazy on purpose
 
-        return AgentRegistration
+        return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

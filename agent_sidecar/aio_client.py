@@ -6,6 +6,8 @@ heartbeats run as a task on the agent's event loop::
     async with AsyncAgentRegistration("perf-1", "performance", "10.0.0.8", 8002, ["latency"],
                                       orchestrator_url="http://agent-registry") as registration:
         await serve()
+
+``AsyncRegistryClient`` is ``RegistryClient`` for asyncio orchestrators: ``await route(...)``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ from agent_sidecar.client import (
     DEFAULT_ORCHESTRATOR_URL,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_VERSION,
+    CapabilityProvider,
+    CapabilityStatus,
+    LoadProvider,
+    LoadReport,
     Outcome,
     RegistrationError,
     RegistrationProtocol,
+    RegistryConnection,
     StatusProvider,
     _error_text,
 )
@@ -34,7 +41,56 @@ from agent_sidecar.client import (
 logger = logging.getLogger(__name__)
 
 
-class AsyncAgentRegistration(RegistrationProtocol):
+class _AsyncRoute(RegistryConnection):
+    _client: httpx.AsyncClient
+
+    async def route(
+        self,
+        agent_type: str,
+        capabilities: Iterable[str] = (),
+        *,
+        key: str | None = None,
+        version: str | None = None,
+        namespace: str | None = None,
+    ) -> dict[str, Any] | None:
+        """``GET /agents/route``, as ``RegistryClient.route``: the picked REST ``Agent``, or None."""
+        params = self._route_params(agent_type, capabilities, key, version, namespace)
+        try:
+            response = await self._client.get(self._url("/agents/route"), params=params, headers=self._headers())
+        except (httpx.HTTPError, OSError) as exc:
+            raise self._unanswered(exc) from exc
+        return self._route_answer(response)
+
+
+class AsyncRegistryClient(_AsyncRoute):
+    """``RegistryClient`` for asyncio callers; ``async with`` closes it."""
+
+    def __init__(
+        self,
+        orchestrator_url: str = DEFAULT_ORCHESTRATOR_URL,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(orchestrator_url, token=token, token_file=token_file, namespace=namespace, timeout=timeout)
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRegistryClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncAgentRegistration(RegistrationProtocol, _AsyncRoute):
     def __init__(
         self,
         agent_name: str,
@@ -51,6 +107,8 @@ class AsyncAgentRegistration(RegistrationProtocol):
         namespace: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         status_provider: StatusProvider | None = None,
+        load_provider: LoadProvider | None = None,
+        capability_provider: CapabilityProvider | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -67,6 +125,8 @@ class AsyncAgentRegistration(RegistrationProtocol):
             namespace=namespace,
             timeout=timeout,
             status_provider=status_provider,
+            load_provider=load_provider,
+            capability_provider=capability_provider,
         )
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._lock = asyncio.Lock()
@@ -123,8 +183,17 @@ class AsyncAgentRegistration(RegistrationProtocol):
         )
         return False
 
-    async def send_heartbeat(self, status: str = "healthy", metadata: Mapping[str, Any] | None = None) -> bool:
-        return await self._heartbeat_once(status, metadata) is Outcome.OK
+    async def send_heartbeat(
+        self,
+        status: str = "healthy",
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        load: LoadReport | None = None,
+        capabilities: Mapping[str, CapabilityStatus] | None = None,
+    ) -> bool:
+        """As ``AgentRegistration.send_heartbeat``: ``ValueError`` naming the field, nothing sent, for a bad report."""
+        body = self._heartbeat_body(status, metadata, load, capabilities)
+        return await self._heartbeat_once(body) is Outcome.OK
 
     async def aclose(self) -> None:
         await self.stop_heartbeat_loop()
@@ -144,14 +213,14 @@ class AsyncAgentRegistration(RegistrationProtocol):
         finally:
             await self.aclose()
 
-    async def _heartbeat_once(self, status: str, metadata: Mapping[str, Any] | None) -> Outcome:
+    async def _heartbeat_once(self, body: dict[str, Any]) -> Outcome:
         agent_id = self.agent_id
         if agent_id is None:
             return Outcome.GONE
         try:
             response = await self._client.post(
                 self._url(f"/agents/{agent_id}/heartbeat"),
-                json=self._heartbeat_body(status, metadata),
+                json=body,
                 params=self._params(),
                 headers=self._headers(),
             )
@@ -166,7 +235,7 @@ class AsyncAgentRegistration(RegistrationProtocol):
         while True:
             await asyncio.sleep(delay)
             try:
-                outcome = await self._heartbeat_once(self._current_status(), None)
+                outcome = await self._heartbeat_once(self._current_heartbeat())
                 if outcome is Outcome.GONE:
                     outcome = Outcome.OK if await self.register() else Outcome.FAILED
             except Exception:

@@ -12,8 +12,20 @@ The interface is the original registry's, unchanged, so existing agents drop it 
 Beyond the original: an optional bearer token (the registry checks it against Kubernetes
 RBAC), a context manager that registers on enter and unregisters on exit, a heartbeat
 thread that survives transient errors and registers again when the registry answers 404
-(the agent was garbage-collected while it could not heartbeat), and an asyncio variant,
-``AsyncAgentRegistration`` in ``agent_sidecar.aio_client``.
+(the agent was garbage-collected while it could not heartbeat), an asyncio variant,
+``AsyncAgentRegistration`` in ``agent_sidecar.aio_client``, and heartbeats that report the
+agent's load and the health of each capability::
+
+    registration.send_heartbeat("healthy", load=(3, 10),
+                                capabilities={"rightsizing": ("unhealthy", "pricing feed down")})
+
+Every heartbeat is a full report: a capability it does not name is healthy, and without
+``load`` the agent reports none. The heartbeat thread asks ``status_provider``,
+``load_provider`` and ``capability_provider`` (constructor arguments) before each beat.
+
+Finding an agent: ``RegistryClient(orchestrator_url).route("cost", ["rightsizing"],
+key="tenant-7", version=">=1.4,<2")`` answers the REST ``Agent`` the registry picks, or
+None when no agent fits; ``AgentRegistration.route`` is the same call.
 """
 
 from __future__ import annotations
@@ -23,12 +35,16 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import httpx
+from pydantic import ValidationError
+
+from agent_registry.schema import constants as c
+from agent_registry.schema.agent import CapabilityReport, Load, ReportedStatus
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +58,28 @@ _FIRST_RETRY_SECONDS = 1.0
 
 HeartbeatStatus = Literal["healthy", "degraded", "unhealthy"]
 StatusProvider = Callable[[], str]
+LoadReport = Load | tuple[int, int]
+"""A ``Load``, or ``(in_flight, max)``."""
+CapabilityStatus = str | tuple[str, str] | CapabilityReport
+"""``"degraded"``, ``("degraded", "why")`` or a ``CapabilityReport``."""
+LoadProvider = Callable[[], LoadReport | None]
+CapabilityProvider = Callable[[], Mapping[str, CapabilityStatus] | None]
 
 
 class RegistrationError(RuntimeError):
     """Registration failed where failing silently is not an option (the context manager)."""
+
+
+class RegistryError(RuntimeError):
+    """A query the registry did not answer: no answer at all (``status`` None), or an HTTP error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BadQueryError(RegistryError, ValueError):
+    """The registry refused the query itself (400), e.g. a version constraint it cannot read."""
 
 
 class Outcome(enum.Enum):
@@ -55,8 +89,77 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
-class RegistrationProtocol:
-    """What the sync and async clients share: the requests and the reading of the answers."""
+class RegistryConnection:
+    """Where the registry is and how to ask it, and the ``route`` query's request and answer:
+    what every client here shares, sync or async, agent or orchestrator."""
+
+    def __init__(
+        self,
+        orchestrator_url: str = DEFAULT_ORCHESTRATOR_URL,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        if token and token_file:
+            raise ValueError("give token or token_file, not both")
+        self.orchestrator_url = orchestrator_url.rstrip("/")
+        self.token = token
+        self.token_file = Path(token_file) if token_file else None
+        self.namespace = namespace
+        self.timeout = timeout
+
+    def _url(self, path: str) -> str:
+        return f"{self.orchestrator_url}{path}"
+
+    def _params(self) -> dict[str, str]:
+        return {"namespace": self.namespace} if self.namespace else {}
+
+    def _headers(self) -> dict[str, str]:
+        # A projected service account token is rotated on disk: read it for every request.
+        token = self.token_file.read_text().strip() if self.token_file else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _route_params(
+        self,
+        agent_type: str,
+        capabilities: Iterable[str],
+        key: str | None,
+        version: str | None,
+        namespace: str | None,
+    ) -> httpx.QueryParams:
+        # A lone string is one capability, not the characters of one.
+        wanted = [capabilities] if isinstance(capabilities, str) else list(capabilities)
+        params: dict[str, str | list[str]] = {"type": agent_type, "capability": wanted}
+        optional = {"key": key, "version": version, "namespace": namespace or self.namespace}
+        params.update({name: value for name, value in optional.items() if value is not None})
+        return httpx.QueryParams(params)
+
+    @staticmethod
+    def _route_answer(response: httpx.Response) -> dict[str, Any] | None:
+        if response.status_code == 404:
+            return None
+        if response.status_code == 400:
+            raise BadQueryError(f"the registry refused the route query: {_error_text(response)}", 400)
+        if response.status_code != 200:
+            message = f"route query failed: HTTP {response.status_code} {_error_text(response)}"
+            raise RegistryError(message, response.status_code)
+        try:
+            agent = response.json()
+        except ValueError:
+            agent = None
+        if not isinstance(agent, dict):
+            raise RegistryError(f"route query: unreadable answer {response.text[:300]!r}", response.status_code)
+        return agent
+
+    @staticmethod
+    def _unanswered(exc: Exception) -> RegistryError:
+        return RegistryError(f"route query failed: {type(exc).__name__}: {exc}")
+
+
+class RegistrationProtocol(RegistryConnection):
+    """What the sync and async registration clients share: the requests and the reading of the answers."""
 
     def __init__(
         self,
@@ -74,39 +177,26 @@ class RegistrationProtocol:
         namespace: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         status_provider: StatusProvider | None = None,
+        load_provider: LoadProvider | None = None,
+        capability_provider: CapabilityProvider | None = None,
     ) -> None:
-        if token and token_file:
-            raise ValueError("give token or token_file, not both")
+        super().__init__(orchestrator_url, token=token, token_file=token_file, namespace=namespace, timeout=timeout)
         self.agent_name = agent_name
         self.agent_type = agent_type
         self.host = host
         self.port = port
         self.capabilities = list(capabilities)
-        self.orchestrator_url = orchestrator_url.rstrip("/")
         self.version = version
         self.metadata = dict(metadata) if metadata else None
-        self.token = token
-        self.token_file = Path(token_file) if token_file else None
-        self.namespace = namespace
-        self.timeout = timeout
         self.status_provider = status_provider
+        self.load_provider = load_provider
+        self.capability_provider = capability_provider
         self.agent_id: str | None = None
         self.registered_at: str | None = None
         self.heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL_SECONDS
         self.running = False
 
     # --- requests ------------------------------------------------------------------------
-
-    def _url(self, path: str) -> str:
-        return f"{self.orchestrator_url}{path}"
-
-    def _params(self) -> dict[str, str]:
-        return {"namespace": self.namespace} if self.namespace else {}
-
-    def _headers(self) -> dict[str, str]:
-        # A projected service account token is rotated on disk: read it for every request.
-        token = self.token_file.read_text().strip() if self.token_file else self.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _registration_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -130,11 +220,59 @@ class RegistrationProtocol:
             logger.exception("the status provider of %s failed; reporting unhealthy", self.agent_name)
             return "unhealthy"
 
-    @staticmethod
-    def _heartbeat_body(status: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _current_load(self) -> Load | None:
+        """The load provider's answer; none when it fails, since a wrong load is worse than none."""
+        if self.load_provider is None:
+            return None
+        try:
+            return load_report(self.load_provider())
+        except Exception:
+            logger.exception("the load provider of %s failed; reporting no load", self.agent_name)
+            return None
+
+    def _current_capabilities(self) -> dict[str, CapabilityReport] | None:
+        """The capability provider's answer. When it fails, every capability is reported
+        unhealthy, as a failing status provider reports the agent: nothing may be routed
+        to a capability on the word of code that just broke."""
+        if self.capability_provider is None:
+            return None
+        try:
+            return capability_reports(self.capability_provider(), self.capabilities)
+        except Exception as exc:
+            logger.exception(
+                "the capability provider of %s failed; reporting every capability unhealthy", self.agent_name
+            )
+            reason = f"the capability provider failed: {type(exc).__name__}"[: c.MAX_CAPABILITY_REASON_LENGTH]
+            return {
+                name: CapabilityReport(status=ReportedStatus.UNHEALTHY, reason=reason) for name in self.capabilities
+            }
+
+    def _current_heartbeat(self) -> dict[str, Any]:
+        """The heartbeat loop's next body, from the providers; never raises for their answers,
+        since ``_current_load`` and ``_current_capabilities`` replace the ones that fail."""
+        return self._heartbeat_body(self._current_status(), None, self._current_load(), self._current_capabilities())
+
+    def _heartbeat_body(
+        self,
+        status: str,
+        metadata: Mapping[str, Any] | None,
+        load: LoadReport | None = None,
+        capabilities: Mapping[str, CapabilityStatus] | None = None,
+    ) -> dict[str, Any]:
+        """The ``HeartbeatRequest``; ``ValueError`` naming the field for a load or capability
+        report the schema refuses. ``status`` is left to the registry, as it always was."""
+        checked_load = load_report(load)
+        checked_capabilities = capability_reports(capabilities, self.capabilities)
         body: dict[str, Any] = {"status": status}
         if metadata:
             body["metadata"] = dict(metadata)
+        if checked_capabilities:
+            body["capabilities"] = {
+                name: report.model_dump(mode="json", exclude_defaults=True)
+                for name, report in checked_capabilities.items()
+            }
+        if checked_load is not None:
+            body["load"] = checked_load.model_dump(mode="json")
         return body
 
     # --- answers -------------------------------------------------------------------------
@@ -186,7 +324,115 @@ class RegistrationProtocol:
         return min(backoff, float(self.heartbeat_interval)) * random.uniform(0.8, 1.0)
 
 
-class AgentRegistration(RegistrationProtocol):
+def load_report(load: LoadReport | None) -> Load | None:
+    """``load`` as the schema's ``Load``; ``ValueError`` naming the field when it is not one."""
+    if load is None or isinstance(load, Load):
+        return load
+    if not isinstance(load, tuple) or len(load) != 2:
+        raise ValueError(f"load: must be a Load or an (in_flight, max) tuple, not {load!r}")
+    try:
+        return Load(in_flight=load[0], max=load[1])
+    except ValidationError as error:
+        raise ValueError(_first_problem("load", error)) from None
+
+
+def capability_reports(
+    capabilities: Mapping[str, CapabilityStatus] | None, declared: Collection[str]
+) -> dict[str, CapabilityReport] | None:
+    """``capabilities`` as the schema's ``CapabilityReport`` by name, for an agent that
+    declares ``declared``; ``ValueError`` naming the field for anything else."""
+    if capabilities is None:
+        return None
+    if not isinstance(capabilities, Mapping):
+        raise ValueError(f"capabilities: must map capability names to a status, not {capabilities!r}")
+    reports: dict[str, CapabilityReport] = {}
+    for name, given in capabilities.items():
+        field = f"capabilities.{name}"
+        if name not in declared:
+            raise ValueError(f"{field}: not one of this agent's capabilities ({', '.join(declared) or 'none'})")
+        if isinstance(given, CapabilityReport):
+            reports[name] = given
+            continue
+        if isinstance(given, str):
+            fields: dict[str, Any] = {"status": given}
+        elif isinstance(given, tuple) and len(given) == 2:
+            fields = {"status": given[0], "reason": given[1]}
+        else:
+            raise ValueError(f"{field}: must be a status, a (status, reason) tuple or a CapabilityReport")
+        try:
+            reports[name] = CapabilityReport.model_validate(fields)
+        except ValidationError as error:
+            raise ValueError(_first_problem(field, error)) from None
+    return reports
+
+
+def _first_problem(field: str, error: ValidationError) -> str:
+    problem = error.errors(include_url=False)[0]
+    where = ".".join([field, *(str(part) for part in problem["loc"])])
+    return f"{where}: {problem['msg']} (got {problem['input']!r})"
+
+
+class _SyncRoute(RegistryConnection):
+    _client: httpx.Client
+
+    def route(
+        self,
+        agent_type: str,
+        capabilities: Iterable[str] = (),
+        *,
+        key: str | None = None,
+        version: str | None = None,
+        namespace: str | None = None,
+    ) -> dict[str, Any] | None:
+        """``GET /agents/route``: the agent the registry picks for this type and capabilities
+        (the REST ``Agent``), or None when none fits.
+
+        ``key`` makes the pick sticky (the same key, the same agent while it stays eligible);
+        ``version`` is a constraint such as ``>=1.4,<2`` or ``^1.4``; ``namespace`` overrides
+        the client's. Raises ``BadQueryError`` (a ``ValueError``) with the registry's message
+        when it refuses the query, ``RegistryError`` when it does not answer or fails.
+        """
+        params = self._route_params(agent_type, capabilities, key, version, namespace)
+        try:
+            response = self._client.get(self._url("/agents/route"), params=params, headers=self._headers())
+        except (httpx.HTTPError, OSError) as exc:
+            raise self._unanswered(exc) from exc
+        return self._route_answer(response)
+
+
+class RegistryClient(_SyncRoute):
+    """Asks the registry for agents, for callers that are not agents themselves (an orchestrator)::
+
+    with RegistryClient("http://agent-registry", token_file="/var/run/secrets/tokens/registry") as registry:
+        agent = registry.route("cost", ["rightsizing"], key=tenant_id)
+    """
+
+    def __init__(
+        self,
+        orchestrator_url: str = DEFAULT_ORCHESTRATOR_URL,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(orchestrator_url, token=token, token_file=token_file, namespace=namespace, timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AgentRegistration(RegistrationProtocol, _SyncRoute):
     """Registers an agent with the registry and heartbeats from a daemon thread.
 
     ``register()`` returns False rather than raise, as the original did; the context manager
@@ -209,6 +455,8 @@ class AgentRegistration(RegistrationProtocol):
         namespace: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         status_provider: StatusProvider | None = None,
+        load_provider: LoadProvider | None = None,
+        capability_provider: CapabilityProvider | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -225,6 +473,8 @@ class AgentRegistration(RegistrationProtocol):
             namespace=namespace,
             timeout=timeout,
             status_provider=status_provider,
+            load_provider=load_provider,
+            capability_provider=capability_provider,
         )
         self._client = httpx.Client(timeout=timeout, transport=transport)
         self._lock = threading.Lock()
@@ -292,9 +542,21 @@ class AgentRegistration(RegistrationProtocol):
 
     # --- beyond the original ---------------------------------------------------------------
 
-    def send_heartbeat(self, status: str = "healthy", metadata: Mapping[str, Any] | None = None) -> bool:
-        """One heartbeat now; True when the registry recorded it."""
-        return self._heartbeat_once(status, metadata) is Outcome.OK
+    def send_heartbeat(
+        self,
+        status: str = "healthy",
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        load: LoadReport | None = None,
+        capabilities: Mapping[str, CapabilityStatus] | None = None,
+    ) -> bool:
+        """One heartbeat now; True when the registry recorded it.
+
+        A full report: capabilities not named are healthy, no ``load`` is no load. Raises
+        ``ValueError`` naming the field, and sends nothing, for a load or capability report
+        the schema refuses (a capability the agent did not register included)."""
+        body = self._heartbeat_body(status, metadata, load, capabilities)
+        return self._heartbeat_once(body) is Outcome.OK
 
     def close(self) -> None:
         self.stop_heartbeat_loop()
@@ -316,14 +578,14 @@ class AgentRegistration(RegistrationProtocol):
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _heartbeat_once(self, status: str, metadata: Mapping[str, Any] | None) -> Outcome:
+    def _heartbeat_once(self, body: dict[str, Any]) -> Outcome:
         agent_id = self.agent_id
         if agent_id is None:
             return Outcome.GONE
         try:
             response = self._client.post(
                 self._url(f"/agents/{agent_id}/heartbeat"),
-                json=self._heartbeat_body(status, metadata),
+                json=body,
                 params=self._params(),
                 headers=self._headers(),
             )
@@ -337,7 +599,7 @@ class AgentRegistration(RegistrationProtocol):
         delay = 0.0  # the first heartbeat goes at once
         while not self._stop.wait(delay):
             try:
-                outcome = self._heartbeat_once(self._current_status(), None)
+                outcome = self._heartbeat_once(self._current_heartbeat())
                 if outcome is Outcome.GONE and not self._stop.is_set():
                     outcome = Outcome.OK if self.register() else Outcome.FAILED
             except Exception:

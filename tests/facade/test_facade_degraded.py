@@ -13,32 +13,21 @@ import httpx
 import pytest
 
 from accounts import Accounts
-from agent_registry.index import IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import wait_for
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
-from facade_harness import registration
-from operator_harness import Agents, key_prefix
+from facade_harness import indexed, registration
+from operator_harness import Agents
 
 UNKNOWN = "123e4567-e89b-12d3-a456-426614174000"
 
 
 def indexed_status(redis_url: str, namespace: str, agent_id: str) -> str | None:
-    """The agent's REST status as the index holds it, read straight from Redis."""
-
-    async def read() -> str | None:
-        reader = IndexReader(connect(redis_url), prefix=key_prefix(namespace))
-        try:
-            record = await reader.get(agent_id)
-        except IndexUnavailable:
-            return None
-        finally:
-            await reader.redis.aclose()
-        return None if record is None else record.agent.status
-
-    return asyncio.run(read())
+    """The agent's REST status as the index holds it."""
+    record = indexed(redis_url, namespace, agent_id)
+    return None if record is None else record.agent.status
 
 
 def register(http: httpx.Client, name: str, **fields: Any) -> str:

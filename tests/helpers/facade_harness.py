@@ -5,12 +5,14 @@ The fixtures built on it live in ``facade_fixtures``, which ``tests/conftest.py`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from agent_registry.index import IndexedAgent, IndexReader, IndexUnavailable, connect
 from agent_registry.localcluster.launcher import FacadeProcess, HeartbeatTimings
 from operator_harness import key_prefix
 
@@ -76,3 +78,18 @@ def unchanged_for(http: httpx.Client, path: str, seconds: float) -> bool:
     before = http.get(path).json()
     time.sleep(seconds)
     return bool(http.get(path).json() == before)
+
+
+def indexed(redis_url: str, namespace: str, agent_id: str) -> IndexedAgent | None:
+    """The agent's record as the index holds it, read straight from Redis (None: not there, or no Redis)."""
+
+    async def read() -> IndexedAgent | None:
+        reader = IndexReader(connect(redis_url), prefix=key_prefix(namespace))
+        try:
+            return await reader.get(agent_id)
+        except IndexUnavailable:
+            return None
+        finally:
+            await reader.redis.aclose()
+
+    return asyncio.run(read())
