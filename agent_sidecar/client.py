@@ -237,15 +237,26 @@ class RegistrationProtocol(RegistryConnection):
         if self.capability_provider is None:
             return None
         try:
-            return capability_reports(self.capability_provider(), self.capabilities)
+            answer = self.capability_provider()
         except Exception as exc:
             logger.exception(
                 "the capability provider of %s failed; reporting every capability unhealthy", self.agent_name
             )
-            reason = f"the capability provider failed: {type(exc).__name__}"[: c.MAX_CAPABILITY_REASON_LENGTH]
-            return {
-                name: CapabilityReport(status=ReportedStatus.UNHEALTHY, reason=reason) for name in self.capabilities
-            }
+            # Only the type: the reason is stored on the Agent, and an exception's text may hold anything.
+            return self._all_unhealthy(f"the capability provider failed: {type(exc).__name__}")
+        try:
+            return capability_reports(answer, self.capabilities)
+        except ValueError as exc:
+            logger.error(
+                "the capability provider of %s answered a bad report (%s); reporting every capability unhealthy",
+                self.agent_name,
+                exc,
+            )
+            return self._all_unhealthy(f"the capability provider's report is invalid: {exc}")
+
+    def _all_unhealthy(self, reason: str) -> dict[str, CapabilityReport]:
+        reason = reason[: c.MAX_CAPABILITY_REASON_LENGTH]
+        return {name: CapabilityReport(status=ReportedStatus.UNHEALTHY, reason=reason) for name in self.capabilities}
 
     def _current_heartbeat(self) -> dict[str, Any]:
         """The heartbeat loop's next body, from the providers; never raises for their answers,

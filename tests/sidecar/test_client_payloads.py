@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent_registry.localcluster.process import free_port
 from agent_registry.schema.agent import CapabilityReport, Load, ReportedStatus
 from agent_registry.schema.rest import HeartbeatRequest
 from agent_sidecar import AgentRegistration, RegistryClient
@@ -76,9 +77,17 @@ def test_without_a_report_the_body_is_the_original_one(registration: AgentRegist
         ((True, 10), None, "load.in_flight: Input should be a valid integer (got True)"),
         ((3,), None, "load: must be a Load or an (in_flight, max) tuple"),
         ({"in_flight": 3, "max": 10}, None, "load: must be a Load or an (in_flight, max) tuple"),
-        (None, {"gpu": "healthy"}, "capabilities.gpu: not one of this agent's capabilities (spot_migration, rightsizing)"),
+        (
+            None,
+            {"gpu": "healthy"},
+            "capabilities.gpu: not one of this agent's capabilities (spot_migration, rightsizing)",
+        ),
         (None, {"rightsizing": "broken"}, "capabilities.rightsizing.status: Input should be 'healthy', 'degraded' or"),
-        (None, {"rightsizing": ("degraded", "x" * 257)}, "capabilities.rightsizing.reason: String should have at most 256"),
+        (
+            None,
+            {"rightsizing": ("degraded", "x" * 257)},
+            "capabilities.rightsizing.reason: String should have at most 256",
+        ),
         (None, {"rightsizing": ("degraded", 7)}, "capabilities.rightsizing.reason: Input should be a valid string"),
         (None, {"rightsizing": 3}, "capabilities.rightsizing: must be a status, a (status, reason) tuple or a"),
         (None, ["rightsizing"], "capabilities: must map capability names to a status"),
@@ -91,33 +100,14 @@ def test_a_bad_report_is_a_value_error_naming_the_field(
         registration._heartbeat_body("healthy", None, load, capabilities)
 
 
-def test_send_heartbeat_refuses_a_bad_report_before_sending(registration: AgentRegistration) -> None:
-    sent: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(200, json={"received": True, "next_interval_seconds": 30})
-
-    client = AgentRegistration("cost-1", "cost", "h", 1, CAPABILITIES, transport=httpx.MockTransport(answer))
-    client.agent_id = "0b0e6d5e-6c1f-4a37-9a41-3f1f0c5e2a10"
-    try:
-        with pytest.raises(ValueError, match="load.max"):
-            client.send_heartbeat(load=(1, 0))
-        with pytest.raises(ValueError, match="capabilities.gpu"):
-            client.send_heartbeat(capabilities={"gpu": "degraded"})
-        assert sent == []
-        assert client.send_heartbeat(load=(1, 2)) is True
-        assert [request.url.path for request in sent] == [f"/agents/{client.agent_id}/heartbeat"]
-    finally:
-        client.close()
-
-
 async def test_the_asyncio_client_checks_the_same_way() -> None:
     client = AsyncAgentRegistration("cost-1", "cost", "h", 1, CAPABILITIES)
     client.agent_id = "0b0e6d5e-6c1f-4a37-9a41-3f1f0c5e2a10"
     try:
         with pytest.raises(ValueError, match=r"^load\.max: "):
-            await client.send_heartbeat(load=Load.model_construct(in_flight=1, max=0))  # built past the checks
+            await client.send_heartbeat(load=(1, 0))
+        with pytest.raises(ValueError, match=r"^capabilities\.gpu: "):
+            await client.send_heartbeat(capabilities={"gpu": "degraded"})
     finally:
         await client.aclose()
 
@@ -150,16 +140,7 @@ def test_failing_providers_never_stop_the_heartbeat(caplog: pytest.LogCaptureFix
     def broken() -> Any:
         raise RuntimeError("metrics backend down")
 
-    state: dict[str, Any] = {"load": broken, "capabilities": broken}
-    client = AgentRegistration(
-        "cost-1",
-        "cost",
-        "h",
-        1,
-        CAPABILITIES,
-        load_provider=lambda: state["load"](),
-        capability_provider=lambda: state["capabilities"](),
-    )
+    client = AgentRegistration("cost-1", "cost", "h", 1, CAPABILITIES, load_provider=broken, capability_provider=broken)
     caplog.set_level(logging.ERROR, logger="agent_sidecar.client")
     try:
         # No load rather than a wrong one; every capability unhealthy rather than trusted.
@@ -169,12 +150,20 @@ def test_failing_providers_never_stop_the_heartbeat(caplog: pytest.LogCaptureFix
             "capabilities": dict.fromkeys(CAPABILITIES, unhealthy),
         }
         # An answer the schema refuses counts as a failure too.
-        state.update(load=lambda: (5, 0), capabilities=lambda: {"gpu": "healthy"})
-        assert client._current_heartbeat()["capabilities"] == dict.fromkeys(CAPABILITIES, unhealthy)
-        assert "load" not in client._current_heartbeat()
+        client.load_provider = lambda: (5, 0)
+        client.capability_provider = lambda: {"gpu": "healthy"}
+        refused = client._current_heartbeat()
+        assert "load" not in refused
+        reason = "the capability provider's report is invalid: capabilities.gpu: not one of this agent's capabilities"
+        assert {report["reason"] for report in refused["capabilities"].values()} == {
+            f"{reason} (spot_migration, rightsizing)"
+        }
         messages = [record.getMessage() for record in caplog.records]
         assert "the load provider of cost-1 failed; reporting no load" in messages
         assert "the capability provider of cost-1 failed; reporting every capability unhealthy" in messages
+        assert any(
+            message.startswith("the capability provider of cost-1 answered a bad report") for message in messages
+        )
     finally:
         client.close()
 
@@ -211,6 +200,7 @@ def test_route_answers() -> None:
 
 
 def test_route_without_a_registry_is_a_registry_error() -> None:
-    with RegistryClient("http://127.0.0.1:9", timeout=1) as registry, pytest.raises(RegistryError) as raised:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with RegistryClient(nowhere, timeout=1) as registry, pytest.raises(RegistryError) as raised:
         registry.route("cost")
     assert raised.value.status is None

@@ -219,6 +219,35 @@ def _no_index(reply: Any) -> bool:
     return isinstance(reply, int) and reply == _NO_INDEX
 
 
+def route_args(
+    layout: k.KeyLayout,
+    namespace: str,
+    agent_type: str,
+    capabilities: Sequence[str],
+    *,
+    seed: int | None = None,
+    key: str | None = None,
+    among: Sequence[str] | None = None,
+) -> list[str | int]:
+    """``scripts.ROUTE``'s ARGV for a question (its KEYS: ``layout.current`` and the question's counter)."""
+    extra = k.route_sets(namespace, capabilities)
+    if among is not None:
+        source = ["ids", *among]
+    else:
+        source = ["sets", *k.query_sets(namespace, agent_type, capabilities, "healthy")]
+    return [
+        layout.generations,
+        ROUTE_COUNTER_SECONDS,
+        key or "",
+        random.randrange(1, SEED_LIMIT) if seed is None else seed,
+        extra.load_reporting,
+        extra.full,
+        len(extra.degraded),
+        *extra.degraded,
+        *source,
+    ]
+
+
 class IndexReader:
     """Lookups against the live generation. Every method raises ``IndexUnavailable``
     (``IndexLost`` when Redis answers but holds no index) instead of a Redis error.
@@ -310,25 +339,10 @@ class IndexReader:
         itself); ``seed`` is the caller's random draw, in [1, 2**31 - 2] (a fresh one when not given)."""
         if not self._valid_scope(namespace):
             return None
-        extra = k.route_sets(namespace, capabilities)
-        if among is not None:
-            source = ["ids", *among]
-        else:
-            source = ["sets", *k.query_sets(namespace, agent_type, capabilities, "healthy")]
         with translated_errors():
             reply = await self._route(
                 keys=[self.layout.current, self.layout.route_counter(namespace, agent_type, capabilities)],
-                args=[
-                    self.layout.generations,
-                    ROUTE_COUNTER_SECONDS,
-                    key or "",
-                    random.randrange(1, SEED_LIMIT) if seed is None else seed,
-                    extra.load_reporting,
-                    extra.full,
-                    len(extra.degraded),
-                    *extra.degraded,
-                    *source,
-                ],
+                args=route_args(self.layout, namespace, agent_type, capabilities, seed=seed, key=key, among=among),
             )
             if _no_index(reply):
                 raise IndexLost("no index in redis")
