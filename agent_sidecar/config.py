@@ -15,9 +15,12 @@ Agent variables (prefix ``AGENT_``):
 ``AGENT_UNREACHABLE_AFTER_SECONDS``   optional; the schema's default (45) when unset
 ``AGENT_GC_AFTER_SECONDS``            optional; the schema's default (300) when unset
 ``AGENT_STATUS_REFRESH_SECONDS``      default 300; the Agent's status is written when the
-                                      reported health changes and at least this often; every
-                                      other heartbeat only renews the agent's Lease
-``AGENT_HEALTH_URL``                  default ``http://127.0.0.1:<AGENT_PORT>/health``
+                                      reported status or capability health changes and at
+                                      least this often; every other heartbeat only renews the
+                                      agent's Lease (with the reported load)
+``AGENT_HEALTH_URL``                  default ``http://127.0.0.1:<AGENT_PORT>/health``; a 2xx
+                                      JSON body may report status, capabilities and load
+                                      (see ``agent_sidecar.probe``)
 ``AGENT_PROBE_TIMEOUT_SECONDS``       no answer within this: ``unhealthy``; default 2
 ``AGENT_PROBE_SLOW_SECONDS``          a 2xx slower than this: ``degraded``; default 1
 ``AGENT_SHUTDOWN_TIMEOUT_SECONDS``    time allowed to delete the Agent on SIGTERM; default 10

@@ -16,8 +16,9 @@ name registered by another identity is not adopted: the 403 is logged once as an
 naming the owner, and retried like any refusal, so the sidecar takes the name over as soon
 as the other agent's Agent is gone (deleted with its pod, or collected by the operator).
 
-Logging is per state change: registered, health changed, API lost, API back,
-deregistered. Each heartbeat logs at DEBUG only.
+Logging is per state change: registered, health changed, capability health changed, API
+lost, API back, deregistered; and once for each distinct problem of the agent's health
+body. Each heartbeat logs at DEBUG only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``AgentRegistration`` against the real facade, API server, Redis and operator: the original
 interface exactly as existing agents call it, plus the token, the context manager, the
-asyncio variant, and a heartbeat thread that survives outages and re-registers after a 404."""
+asyncio variant, a heartbeat thread that survives outages and re-registers after a 404,
+heartbeats that report load and capability health, and ``route``."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from accounts import Accounts
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import free_port, wait_for
 from agent_registry.schema import constants as c
-from agent_sidecar import AgentRegistration
-from agent_sidecar.aio_client import AsyncAgentRegistration
-from agent_sidecar.client import RegistrationError
+from agent_sidecar import AgentRegistration, RegistryClient
+from agent_sidecar.aio_client import AsyncAgentRegistration, AsyncRegistryClient
+from agent_sidecar.client import BadQueryError, RegistrationError
 from facade_harness import FAST_TIMINGS
 from operator_harness import Agents
 
@@ -38,6 +39,18 @@ def heartbeats_arrive(agents: Agents, name: str, count: int = 2, timeout: float 
 def agent_id_of(agents: Agents, name: str) -> str | None:
     obj = agents.get(name)
     return None if obj is None else (obj.get("status") or {}).get("agentId")
+
+
+def load_on_lease(agents: Agents, name: str) -> str | None:
+    return (((agents.lease(name) or {}).get("metadata") or {}).get("annotations") or {}).get(c.LOAD_ANNOTATION)
+
+
+def shown_capability_health(facade: FacadeProcess, agent_id: str | None) -> Any:
+    """``capability_health`` of the REST ``Agent``, None when it is left out (all healthy)."""
+    with facade.client() as http:
+        response = http.get(f"/agents/{agent_id}")
+    assert response.status_code == 200, response.text
+    return response.json().get("capability_health")
 
 
 def test_the_original_interface(operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents) -> None:
@@ -210,3 +223,136 @@ async def test_the_asyncio_variant(operator: OperatorProcess, fast_facade: Facad
         await wait("a new Agent", lambda: agent_id_of(agents, "async-1") not in (None, first_id))
         await wait("the new id", lambda: registration.agent_id == agent_id_of(agents, "async-1"))
     assert agents.get("async-1") is None
+
+
+# -- load and capability health ----------------------------------------------------------------
+
+PRICING_DOWN = {"rightsizing": {"status": "unhealthy", "reason": "pricing feed down"}}
+
+
+def test_heartbeats_report_load_and_capability_health(
+    operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents
+) -> None:
+    registration = AgentRegistration("cost-1", "cost", "h", 1, ["spot_migration", "rightsizing"], fast_facade.url)
+    try:
+        assert registration.register()
+        assert registration.send_heartbeat(
+            load=(3, 10), capabilities={"rightsizing": ("unhealthy", "pricing feed down")}
+        )
+        assert shown_capability_health(fast_facade, registration.agent_id) == PRICING_DOWN
+        stored = agents.get("cost-1")
+        assert stored is not None
+        assert stored["status"]["capabilityHealth"] == [
+            {"name": "rightsizing", "status": "unhealthy", "reason": "pricing feed down"}
+        ]
+        assert load_on_lease(agents, "cost-1") == "3/10"
+
+        # The same report with another load renews the Lease only.
+        assert registration.send_heartbeat(
+            load=(4, 10), capabilities={"rightsizing": ("unhealthy", "pricing feed down")}
+        )
+        assert load_on_lease(agents, "cost-1") == "4/10"
+        unchanged = agents.get("cost-1")
+        assert unchanged is not None
+        assert unchanged["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+        # Every heartbeat is a full report: one that names nothing says all healthy, no load.
+        assert registration.send_heartbeat()
+        assert shown_capability_health(fast_facade, registration.agent_id) is None
+        assert (agents.get("cost-1") or {})["status"]["capabilityHealth"] == []
+        # The facade renews the Lease of a heartbeat that wrote the status only when it
+        # carries a load; the next one, a plain renewal, takes the old load away.
+        assert registration.send_heartbeat()
+        assert load_on_lease(agents, "cost-1") is None
+
+        # A report the schema refuses raises before anything is sent.
+        before = agents.beat_marker("cost-1")
+        with pytest.raises(ValueError, match=r"^load\.max: "):
+            registration.send_heartbeat(load=(1, 0))
+        with pytest.raises(ValueError, match=r"^capabilities\.gpu: not one of this agent's capabilities"):
+            registration.send_heartbeat(capabilities={"gpu": "degraded"})
+        assert agents.beat_marker("cost-1") == before
+    finally:
+        registration.unregister()
+        registration.close()
+
+
+def test_the_heartbeat_thread_reports_what_the_providers_say(
+    operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents
+) -> None:
+    state: dict[str, Any] = {"load": (1, 4), "capabilities": {"rightsizing": ("unhealthy", "pricing feed down")}}
+    with AgentRegistration(
+        "cost-1",
+        "cost",
+        "h",
+        1,
+        ["spot_migration", "rightsizing"],
+        fast_facade.url,
+        load_provider=lambda: state["load"],
+        capability_provider=lambda: state["capabilities"],
+    ) as registration:
+        wait_for(
+            "the capability report", lambda: shown_capability_health(fast_facade, registration.agent_id) == PRICING_DOWN
+        )
+        wait_for("the load on the Lease", lambda: load_on_lease(agents, "cost-1") == "1/4")
+        state.update(load=(4, 4), capabilities={"rightsizing": "healthy"})
+        wait_for("the load to change", lambda: load_on_lease(agents, "cost-1") == "4/4")
+        wait_for("the recovery", lambda: shown_capability_health(fast_facade, registration.agent_id) is None)
+
+
+async def test_the_asyncio_variant_reports_load_and_capability_health(
+    operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents
+) -> None:
+    async with AsyncAgentRegistration("async-1", "cost", "h", 1, ["rightsizing"], fast_facade.url) as registration:
+        sent = await registration.send_heartbeat(
+            load=(2, 5), capabilities={"rightsizing": ("unhealthy", "pricing feed down")}
+        )
+        assert sent is True
+        assert await asyncio.to_thread(shown_capability_health, fast_facade, registration.agent_id) == PRICING_DOWN
+        assert await asyncio.to_thread(load_on_lease, agents, "async-1") == "2/5"
+
+
+# -- route -------------------------------------------------------------------------------------
+
+
+async def test_route_asks_the_registry_for_an_agent(operator: OperatorProcess, fast_facade: FacadeProcess) -> None:
+    old = AgentRegistration("cost-old", "cost", "10.0.0.1", 8001, ["rightsizing"], fast_facade.url, version="1.2.0")
+    new = AgentRegistration(
+        "cost-new", "cost", "10.0.0.2", 8001, ["rightsizing", "spot_migration"], fast_facade.url, version="2.0.0"
+    )
+    registry = RegistryClient(fast_facade.url)
+    try:
+        assert old.register() and new.register()
+
+        def route(*args: Any, **kwargs: Any) -> str | None:
+            agent = registry.route(*args, **kwargs)
+            return None if agent is None else str(agent["name"])
+
+        wait_for("both routable", lambda: {route("cost") for _ in range(6)} == {"cost-old", "cost-new"})
+        assert route("cost", ["rightsizing", "spot_migration"]) == "cost-new"
+        assert route("cost", "spot_migration") == "cost-new"
+        assert route("cost", version=">=1,<2") == "cost-old"
+        assert route("cost", version="^2") == "cost-new"
+        sticky = {route("cost", key="tenant-7") for _ in range(5)}
+        assert len(sticky) == 1
+        assert route("cost", ["translate"]) is None
+        assert route("performance") is None
+        with pytest.raises(BadQueryError, match="version") as refused:
+            registry.route("cost", version="newest")
+        assert isinstance(refused.value, ValueError)
+
+        # The same call from an agent's own client, and from asyncio.
+        agent = old.route("cost", ["spot_migration"])
+        assert agent is not None and agent["name"] == "cost-new"
+        assert agent["id"] == new.agent_id
+        async with AsyncRegistryClient(fast_facade.url) as aio_registry:
+            found = await aio_registry.route("cost", version="<2")
+            assert found is not None and found["name"] == "cost-old"
+            assert await aio_registry.route("cost", ["translate"]) is None
+            with pytest.raises(BadQueryError):
+                await aio_registry.route("cost", version="newest")
+    finally:
+        registry.close()
+        for registration in (old, new):
+            registration.unregister()
+            registration.close()

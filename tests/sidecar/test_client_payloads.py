@@ -5,6 +5,7 @@ names the field before anything is sent."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ CAPABILITIES = ["spot_migration", "rightsizing"]
 
 
 @pytest.fixture
-def registration() -> Any:
+def registration() -> Iterator[AgentRegistration]:
     client = AgentRegistration("cost-1", "cost", "10.0.0.7", 8001, CAPABILITIES)
     yield client
     client.close()

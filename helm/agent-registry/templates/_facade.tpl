@@ -58,6 +58,8 @@
   value: {{ $facade.maxQueuedQueries | quote }}
 - name: AGENT_REGISTRY_FACADE_QUERY_QUEUE_SECONDS
   value: {{ $facade.queryQueueSeconds | quote }}
+- name: AGENT_REGISTRY_FACADE_ROUTE_SEED
+  value: {{ $facade.routeSeed | default "" | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_TIMEOUT_SECONDS
   value: {{ $facade.redis.timeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_RETRY_SECONDS

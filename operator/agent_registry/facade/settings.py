@@ -111,6 +111,12 @@ class FacadeSettings(BaseSettings):
     benchmark can repeat its picks. Unset: fresh randomness per process, which replicas
     need (with one seed they would all draw alike)."""
 
+    @field_validator("route_seed", mode="before")
+    @classmethod
+    def _empty_seed_is_none(cls, value: object) -> object:
+        # The chart renders an unset seed as an empty variable.
+        return None if value == "" else value
+
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"))
     """The operator's index. Down or empty, reads fall back to the API server."""
 

@@ -241,10 +241,20 @@ class Writes:
                 interval = agent.interval_seconds or self.heartbeat_settings.interval_seconds
                 return HeartbeatResponse(received=True, next_interval_seconds=interval, timestamp=now)
         response = await self._status_heartbeat(agent, request, now)
-        if request.load is not None and agent.uid and self._lease_usable():
+        if agent.uid and self._lease_usable():
             # Load travels only on the Lease (the index takes it from there): a heartbeat
-            # that had to write the status renews the Lease as well, so its load counts.
-            await self._renew_lease(agent, now, request.load)
+            # that had to write the status renews the Lease as well, so its load, or the
+            # withdrawal of an earlier one, counts. Status writes are the rare heartbeats.
+            try:
+                await self._renew_lease(agent, now, request.load)
+            except ApiError as exc:
+                # The heartbeat is recorded in the status; its load waits for the next one.
+                logger.info(
+                    "heartbeat of %s/%s recorded; its Lease was not renewed: %s",
+                    agent.namespace,
+                    agent.name,
+                    exc.message,
+                )
         return response
 
     async def _status_heartbeat(self, agent: Located, request: HeartbeatRequest, now: datetime) -> HeartbeatResponse:
