@@ -15,7 +15,7 @@ from agent_registry.controller.settings import OperatorSettings
 from agent_registry.controller.sweeper import Sweeper, Writes
 from agent_registry.controller.tracker import LeaseSeen, TrackedAgent, Tracker
 from agent_registry.schema import constants as c
-from agent_registry.schema.agent import Phase
+from agent_registry.schema.agent import Load, Phase
 
 FAST = {"intervalSeconds": 1, "unreachableAfterSeconds": 1, "gcAfterSeconds": 1}
 SELF = {"kind": "Lease", "namespace": "ns", "name": "operator"}
@@ -65,7 +65,7 @@ class FakeIndex:
     def drop(self, key: tuple[str, str]) -> None:
         self.dropped.append(key)
 
-    def touch(self, key: tuple[str, str], last_seen: datetime | None) -> None:
+    def touch(self, key: tuple[str, str], last_seen: datetime | None, load: Load | None = None) -> None:
         self.touched.append(key)
 
 
