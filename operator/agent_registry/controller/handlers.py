@@ -23,6 +23,7 @@ import kopf
 from agent_registry import kubeapi
 from agent_registry.controller import metrics
 from agent_registry.controller.announce import announce
+from agent_registry.controller.cards import CARD_VALID, INVALID_CARD_EVENT, CardVerdict, judge_card, with_condition
 from agent_registry.controller.initialisation import (
     agent_id_for,
     decide_initialisation,
@@ -213,6 +214,8 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
     if not status.get("agentId"):
         # Index it under the id it is about to get, not under nothing.
         body = {**body, "status": {**status, "agentId": agent_id}}
+    verdict = judge_card(status, agent.card)
+    agent.card = verdict.card
     runtime.index_put(body, agent, desired)
     if not runtime.is_leader():
         return
@@ -229,13 +232,36 @@ async def _handle(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any], 
             agent.registered_announced = True
             await runtime.registered_event(ref, init.event_message)
             logger.info("agent %s/%s registered as %s (%s)", namespace, name, agent_id, desired.value)
-        return
-    if observation.phase_changed:
+    elif observation.phase_changed:
         patch.status.update(phase_status(agent, desired, now))
         agent.phase = desired
         await announce(runtime.kube.post_event, ref, observation.previous_phase, desired, observation.recovered)
     elif agent.generation != status.get("observedGeneration"):
         patch.status["observedGeneration"] = agent.generation
+    await _card_condition(runtime, agent.conditions, verdict, patch, ref, now)
+
+
+async def _card_condition(
+    runtime: Runtime,
+    seen: list[dict[str, Any]],
+    verdict: CardVerdict,
+    patch: kopf.Patch,
+    ref: dict[str, str],
+    now: str,
+) -> None:
+    """Write ``CardValid`` when it differs from what the card calls for, into the same patch
+    as any phase change (whose conditions already keep the others); a new problem is also
+    an Event and a log line, once, as the condition changes."""
+    base = patch.status.get("conditions", seen)
+    conditions = with_condition(list(base), CARD_VALID, verdict.condition, now)
+    if conditions is None:
+        return
+    patch.status["conditions"] = conditions
+    if verdict.condition is not None and verdict.condition[0] == "False":
+        _, reason, message = verdict.condition
+        where = f"{ref['namespace']}/{ref['name']}"
+        logger.warning("agent %s: its A2A card was not taken (%s): %s", where, reason, message)
+        await runtime.kube.post_event(ref, "Warning", INVALID_CARD_EVENT, f"{reason}: {message}")
 
 
 class SteadyBackoffs:

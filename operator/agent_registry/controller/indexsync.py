@@ -21,6 +21,7 @@ from agent_registry.controller import metrics
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.index import IndexedAgent, IndexLost, IndexUnavailable, IndexWriter, connect, record_from_resource
 from agent_registry.schema.agent import Load, Phase
+from agent_registry.schema.card import StoredCard
 from agent_registry.schema.rest import rest_status
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,17 @@ class IndexSync:
     # --- called from handlers (synchronous, never touch Redis) --------------------
 
     def put(
-        self, key: Key, body: dict[str, Any], phase: Phase, last_seen: datetime | None, load: Load | None = None
+        self,
+        key: Key,
+        body: dict[str, Any],
+        phase: Phase,
+        last_seen: datetime | None,
+        load: Load | None = None,
+        card: StoredCard | None = None,
     ) -> None:
+        """Index the Agent ``body``; ``card`` is its card as the operator validated it (None: it serves none)."""
         try:
-            record = record_from_resource(body, phase=phase, last_seen=last_seen, load=load)
+            record = record_from_resource(body, phase=phase, last_seen=last_seen, load=load, card=card)
         except ValueError as exc:
             logger.error("agent %s/%s cannot be indexed: %s", key[0], key[1], exc)
             return

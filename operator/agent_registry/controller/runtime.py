@@ -136,7 +136,8 @@ class Runtime:
     # --- index ------------------------------------------------------------------
 
     def index_put(self, body: dict[str, Any], agent: TrackedAgent, phase: Phase) -> None:
-        self.index.put(agent.key, body, phase, agent.last_heard_wall, agent.lease.load if agent.lease else None)
+        load = agent.lease.load if agent.lease else None
+        self.index.put(agent.key, body, phase, agent.last_heard_wall, load, agent.card)
 
     def index_forget(self, namespace: str, name: str) -> None:
         self.index.drop((namespace, name))

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_registry.schema.agent import Load, Phase, ReportedStatus
+from agent_registry.schema.card import StoredCard
 
 # Status fields a heartbeat writes. Any change in them is a heartbeat.
 HEARTBEAT_FIELDS = ("lastHeartbeatTime", "heartbeatSequence", "reportedStatus", "reportedMetadata")
@@ -87,6 +88,9 @@ class TrackedAgent:
     heard_since_start: bool = False
     lease: LeaseSeen | None = None
     """The agent's Lease as last observed, or None while it has none (an older writer)."""
+    card: StoredCard | None = None
+    """The agent's A2A card as last judged (``cards.judge_card``), so an unchanged card is
+    not validated again on every event of the Agent."""
 
     @property
     def key(self) -> tuple[str, str]:

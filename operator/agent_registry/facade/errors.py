@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent_registry.schema import card
 from agent_registry.schema.rest import ErrorResponse, HeartbeatRequest, RegistrationRequest
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,10 @@ def _describe_field(loc: Sequence[str], kind: str, error: Mapping[str, Any]) -> 
     field = _field_name(loc)
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     value = error.get("input")
-    if kind == "string_pattern_mismatch":
+    if field.startswith("agent_card"):
+        # The card's rules in the card's words (a pattern by what it means).
+        message = card.error_rule(error)
+    elif kind == "string_pattern_mismatch":
         head = field.split("[", 1)[0].split(".", 1)[0]
         if head == "agent_id":
             return f"agent id {value!r} is not a UUID"

@@ -26,7 +26,11 @@ def matches(if_none_match: str | None, current: str) -> bool:
 
 def list_answer(body: bytes, if_none_match: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, body and headers of a list answer: 200 with its tag, or 304 when the client has it."""
-    current = tag(body)
+    return tagged_answer(body, tag(body), if_none_match)
+
+
+def tagged_answer(body: bytes, current: str, if_none_match: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """As ``list_answer``, for a body whose tag is known already (an agent card's is its content hash)."""
     headers = [(b"etag", current.encode())]
     if matches(if_none_match, current):
         return 304, b"", headers

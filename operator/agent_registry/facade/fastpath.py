@@ -29,9 +29,11 @@ from agent_registry.facade.state import Registry
 from agent_registry.index.reader import wire_json
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import DNS_LABEL_PATTERN
+from agent_registry.schema.card import MAX_SKILL_ID_LENGTH, MAX_SKILLS
 
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 _NAMESPACE = re.compile(DNS_LABEL_PATTERN)
+_VERSION = re.compile(versions.PATTERN)
 _STATUSES = frozenset({"healthy", "degraded", "unhealthy", "unreachable"})
 _JSON = [(b"content-type", b"application/json")]
 
@@ -49,6 +51,7 @@ class Query:
     agent_type: str | None = None
     capabilities: list[str] | None = None
     status: str | None = None
+    skills: list[str] | None = None
     key: str | None = None
     version: str | None = None
 
@@ -95,7 +98,9 @@ class FastReads:
 
 async def _list(registry: Registry, caller: Any, query: Query, status: str | None) -> bytes:
     await registry.auth.authorize(caller, "list", query.namespace)
-    return await registry.reads.query_json(query.namespace, query.agent_type, query.capabilities or (), status)
+    return await registry.reads.query_json(
+        query.namespace, query.agent_type, query.capabilities or (), status, query.skills or ()
+    )
 
 
 async def _agents(registry: Registry, caller: Any, query: Query, _: str) -> bytes:
@@ -123,10 +128,10 @@ async def _one(registry: Registry, caller: Any, query: Query, agent_id: str) -> 
     return located.wire if located.wire is not None else wire_json(located.view.to_json())
 
 
-_FILTERS = frozenset({"namespace", "type", "capability", "status"})
+_FILTERS = frozenset({"namespace", "type", "capability", "status", "skill"})
 _STATIC: dict[str, tuple[Handler, frozenset[str]]] = {
     "/agents": (_agents, _FILTERS),
-    "/agents/healthy": (_healthy, frozenset({"namespace", "type", "capability"})),
+    "/agents/healthy": (_healthy, frozenset({"namespace", "type", "capability", "skill"})),
     "/agents/route": (_route, frozenset({"namespace", "type", "capability", "key", "version"})),
 }
 
@@ -155,6 +160,7 @@ def _query(scope: Scope, allowed: frozenset[str], registry: Registry) -> Query |
     if not raw:
         return query
     capabilities: list[str] = []
+    skills: list[str] = []
     for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
         if name not in allowed or not value:
             return None
@@ -162,6 +168,10 @@ def _query(scope: Scope, allowed: frozenset[str], registry: Registry) -> Query |
             if len(value) > c.MAX_CAPABILITY_LENGTH:
                 return None
             capabilities.append(value)
+        elif name == "skill":
+            if len(value) > MAX_SKILL_ID_LENGTH:
+                return None
+            skills.append(value)
         elif name == "type":
             if query.agent_type is not None or len(value) > c.MAX_TYPE_LENGTH:
                 return None
@@ -175,16 +185,17 @@ def _query(scope: Scope, allowed: frozenset[str], registry: Registry) -> Query |
                 return None
             query.key = value
         elif name == "version":
-            if query.version is not None or len(value) > versions.MAX_CONSTRAINT_LENGTH:
+            if query.version is not None or len(value) > versions.MAX_CONSTRAINT_LENGTH or not _VERSION.match(value):
                 return None
             query.version = value
         else:
             if len(value) > 63 or not _NAMESPACE.match(value) or not registry.settings.namespace_allowed(value):
                 return None
             query.namespace = value
-    if len(capabilities) > c.MAX_CAPABILITIES:
+    if len(capabilities) > c.MAX_CAPABILITIES or len(skills) > MAX_SKILLS:
         return None
     query.capabilities = capabilities
+    query.skills = skills
     return query
 
 

@@ -135,13 +135,20 @@ def _view(resource: dict[str, Any], *, reported_wins: bool) -> AgentView | None:
     return view
 
 
-def matches_filters(view: AgentView, agent_type: str | None, capabilities: Sequence[str], status: str | None) -> bool:
+def matches_filters(
+    view: AgentView,
+    agent_type: str | None,
+    capabilities: Sequence[str],
+    status: str | None,
+    skills: Sequence[str] = (),
+) -> bool:
     """The index's query rule (``index.keys.query_sets``): asking for healthy agents with a
-    capability leaves out those that report it unhealthy."""
+    capability leaves out those that report it unhealthy; every skill must be on the card."""
     return (
         (agent_type is None or view.type == agent_type)
         and (status is None or view.status == status)
         and set(capabilities) <= set(view.capabilities)
+        and set(skills) <= set(view.skills or ())
         and (status != "healthy" or all(view.capability_status(cap) != "unhealthy" for cap in capabilities))
     )
 
@@ -179,10 +186,18 @@ class IndexAccess:
         return result
 
 
+@dataclass(frozen=True, slots=True)
+class Viewed:
+    """An agent as the API server's LIST gave it: its view, and its stored card as it is (None: none)."""
+
+    view: AgentView
+    card: Any
+
+
 @dataclass
 class _Listing:
     started: float
-    task: asyncio.Future[list[AgentView]]
+    task: asyncio.Future[list[Viewed]]
 
 
 class Reads:
@@ -279,6 +294,7 @@ class Reads:
         agent_type: str | None = None,
         capabilities: Sequence[str] = (),
         status: str | None = None,
+        skills: Sequence[str] = (),
     ) -> bytes:
         """The list answer's body (``{"agents": [...], "count": n}``) for the same query.
 
@@ -286,7 +302,7 @@ class Reads:
         once per version of its record: a list of 1,000 agents costs no model work. An
         index answer this process has no writes to lay over is one body for every caller
         that shared the read."""
-        answer = await self._answer(namespace, agent_type, capabilities, status)
+        answer = await self._answer(namespace, agent_type, capabilities, status, skills)
         if isinstance(answer, Listing):
             return answer.body()
         return list_body([match.wire() for match in answer])
@@ -371,15 +387,20 @@ class Reads:
         return picked.wire()
 
     async def _answer(
-        self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
+        self,
+        namespace: str,
+        agent_type: str | None,
+        capabilities: Sequence[str],
+        status: str | None,
+        skills: Sequence[str] = (),
     ) -> Listing | list[Match]:
         """The index's answer as it is, or the matches with this process's recent writes laid over it."""
         try:
             listing = await self.index.call(
-                lambda reader: reader.query_listed(namespace, agent_type, capabilities, status)
+                lambda reader: reader.query_listed(namespace, agent_type, capabilities, status, skills)
             )
         except IndexUnavailable:
-            return await self._query_api(namespace, agent_type, capabilities, status)
+            return await self._query_api(namespace, agent_type, capabilities, status, skills)
         metrics.READS.labels(source="index").inc()
         writes = list(self.recent.in_namespace(namespace))
         if not writes:
@@ -394,7 +415,7 @@ class Reads:
             if write.agent_id in versions and not is_older(versions[write.agent_id], write.resource_version):
                 continue  # the index has caught up
             view = written_view(write)
-            matching = view is not None and matches_filters(view, agent_type, capabilities, status)
+            matching = view is not None and matches_filters(view, agent_type, capabilities, status, skills)
             if write.agent_id in versions:
                 # The index holds an older version: the write decides whether it matches.
                 if view is not None and matching:
@@ -409,28 +430,42 @@ class Reads:
             try:
                 record = await self.index.call(_getter(write.agent_id))
             except IndexUnavailable:
-                return await self._query_api(namespace, agent_type, capabilities, status)
+                return await self._query_api(namespace, agent_type, capabilities, status, skills)
             index_lacks_it = record is None or record.namespace != namespace
             if index_lacks_it or (record is not None and is_older(record.resource_version, write.resource_version)):
                 matches[write.agent_id] = Match.of_view(view)
         return _sorted(matches.values())
 
     async def _query_api(
-        self, namespace: str, agent_type: str | None, capabilities: Sequence[str], status: str | None
+        self,
+        namespace: str,
+        agent_type: str | None,
+        capabilities: Sequence[str],
+        status: str | None,
+        skills: Sequence[str] = (),
     ) -> list[Match]:
         # Filter here rather than by the type label: the operator sets that label, and an
         # agent it has not seen yet must not be missing from the answer.
+        listed = await self.every_agent_or_503(namespace)
+        return _sorted(
+            Match.of_view(entry.view)
+            for entry in listed
+            if matches_filters(entry.view, agent_type, capabilities, status, skills)
+        )
+
+    async def every_agent_or_503(self, namespace: str) -> list[Viewed]:
+        """Every agent of the namespace from the API server (shared LIST); 503 when it is unavailable too."""
         try:
-            views = await self._every_agent(namespace)
+            listed = await self._every_agent(namespace)
         except Unavailable as exc:
             metrics.KUBE_ERRORS.inc()
             raise unavailable(
                 f"neither the index (Redis: {self.index.last_error}) nor the Kubernetes API server ({exc}) is available"
             ) from exc
         metrics.READS.labels(source="api").inc()
-        return _sorted(Match.of_view(v) for v in views if matches_filters(v, agent_type, capabilities, status))
+        return listed
 
-    async def _every_agent(self, namespace: str) -> list[AgentView]:
+    async def _every_agent(self, namespace: str) -> list[Viewed]:
         """Every agent of the namespace from the API server, one LIST shared by concurrent callers.
 
         A LIST that started before this process's latest write may not show it, so a caller
@@ -444,12 +479,17 @@ class Reads:
             listing.task.add_done_callback(lambda done: self._listed(namespace, done))
         return await asyncio.shield(listing.task)
 
-    async def _list_views(self, namespace: str) -> list[AgentView]:
+    async def _list_views(self, namespace: str) -> list[Viewed]:
         metrics.FALLBACK_LISTS.inc()
         resources = await self.kube.list_agents(namespace)
-        return [view for view in map(view_of, resources) if view is not None]
+        listed = []
+        for resource in resources:
+            view = view_of(resource)
+            if view is not None:
+                listed.append(Viewed(view, (resource.get("status") or {}).get("agentCard")))
+        return listed
 
-    def _listed(self, namespace: str, task: asyncio.Future[list[AgentView]]) -> None:
+    def _listed(self, namespace: str, task: asyncio.Future[list[Viewed]]) -> None:
         listing = self._listings.get(namespace)
         if listing is not None and listing.task is task:
             del self._listings[namespace]

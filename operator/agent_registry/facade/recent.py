@@ -39,6 +39,9 @@ class RecentWrite:
     """The REST view of ``resource``, computed once by ``reads.written_view``: every query
     of the namespace looks at this write while it lives."""
     view_known: bool = field(default=False, repr=False)
+    card: Any = field(default=None, repr=False)
+    """The agent's card in ``resource``, validated once by ``cards.written_card``."""
+    card_known: bool = field(default=False, repr=False)
 
     @property
     def deleted(self) -> bool:

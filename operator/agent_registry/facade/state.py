@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from agent_registry import kubeapi
 from agent_registry.facade import metrics
 from agent_registry.facade.auth import Authenticator
+from agent_registry.facade.cards import CardReads
 from agent_registry.facade.kube import Kube
 from agent_registry.facade.models import DependencyCheck, ReadyResponse
 from agent_registry.facade.reads import IndexAccess, Reads
@@ -61,6 +62,7 @@ class Registry:
         self.index = IndexAccess(reader, settings.redis_retry_seconds)
         self.auth = Authenticator(kube, settings)
         self.reads = Reads(kube, self.index, self.recent, RoundRobin(), random.Random(settings.route_seed))
+        self.cards = CardReads(self.reads)
         self.writes = Writes(kube, self.auth, self.recent, settings)
 
     @classmethod

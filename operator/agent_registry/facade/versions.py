@@ -20,6 +20,22 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 MAX_CONSTRAINT_LENGTH = 128
+
+# The grammar above as one regular expression, for the OpenAPI document: a client (or a
+# fuzzer) can tell a constraint from its schema. Every string it matches parses; ``===``
+# (arbitrary equality) and a leading ``v`` are left out, and the parser decides the rest.
+_RELEASE = r"[0-9]+(\.[0-9]+)*"
+_SUFFIXES = (
+    r"([-_.]?(a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?([-_.]?(post|rev|r)[-_.]?[0-9]*)?([-_.]?dev[-_.]?[0-9]*)?"
+)
+_LOCAL = r"(\+[a-z0-9]+([-_.][a-z0-9]+)*)?"
+_CLAUSE = (
+    rf"((==|!=) *{_RELEASE}(\.\*|{_SUFFIXES}{_LOCAL})"
+    rf"|(<=|>=|<|>) *{_RELEASE}{_SUFFIXES}"
+    rf"|~= *[0-9]+(\.[0-9]+)+{_SUFFIXES}"
+    rf"|[\^~] *{_RELEASE}{_SUFFIXES})"
+)
+PATTERN = rf"^ *{_CLAUSE} *(, *{_CLAUSE} *)*$"
 RULE = (
     "must be PEP 440 version specifiers separated by commas (such as '>=1.4,<2' or '==1.4.*'), "
     "or a semver range '^1.4' / '~1.4'"

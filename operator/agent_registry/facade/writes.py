@@ -50,6 +50,7 @@ from agent_registry.schema.agent import (
     capability_health_list,
     capability_reports,
 )
+from agent_registry.schema.card import StoredCard
 from agent_registry.schema.rest import (
     HeartbeatRequest,
     HeartbeatResponse,
@@ -136,8 +137,9 @@ class Writes:
                 raise self._rejected(exc, namespace) from exc
             self.owners.remember(created)
             now = _whole_seconds(_now())
+            status = _registration_status(agent_id, now, self.sequence.next()) | _card_status(request)
             resource = await self._write_status(
-                namespace, request.name, created, _registration_status(agent_id, now, self.sequence.next())
+                namespace, request.name, created, status, required=request.agent_card is not None
             )
             self.recent.wrote(agent_id, namespace, request.name, resource)
             metrics.OPERATIONS.labels(operation="register", outcome="created").inc()
@@ -192,8 +194,10 @@ class Writes:
                 raise self._rejected(exc, namespace) from exc
             self.owners.remember(updated)
             registered_at = _parse_time(status.get("registeredAt")) or _whole_seconds(_now())
-            new_status = _registration_status(agent_id, registered_at, self.sequence.next())
-            resource = await self._write_status(namespace, request.name, updated, new_status)
+            new_status = _registration_status(agent_id, registered_at, self.sequence.next()) | _card_status(request)
+            resource = await self._write_status(
+                namespace, request.name, updated, new_status, required=request.agent_card is not None
+            )
             self.recent.wrote(agent_id, namespace, request.name, resource)
             interval = int(((updated.get("spec") or {}).get("heartbeat") or {}).get("intervalSeconds", 0)) or (
                 self.heartbeat_settings.interval_seconds
@@ -204,13 +208,18 @@ class Writes:
         raise ApiError(409, f"agent {request.name!r} keeps changing; try again")
 
     async def _write_status(
-        self, namespace: str, name: str, current: dict[str, Any], status: dict[str, Any]
+        self, namespace: str, name: str, current: dict[str, Any], status: dict[str, Any], *, required: bool = False
     ) -> dict[str, Any]:
         """The registration's status patch. If it fails, the object is there with its id
-        label, which the operator adopts; the registration stands."""
+        label, which the operator adopts; the registration stands, unless the status is
+        ``required``: a card lives only there, and only a retry of the registration can
+        write it, so the caller is told to retry (it keeps its id)."""
         try:
             return await self.kube.patch_status(namespace, name, {"status": status})
         except (Unavailable, StatusError) as exc:
+            if required:
+                metrics.KUBE_ERRORS.inc()
+                raise unavailable(f"registered {name!r} but could not store its agent card ({exc})") from exc
             logger.warning(
                 "registered %s/%s but could not write its status (the operator will): %s", namespace, name, exc
             )
@@ -267,9 +276,11 @@ class Writes:
         }
         if request.metadata:
             fields["reported_metadata"] = request.metadata
-        # The whole list, empty when all are healthy: a merge-patch replaces lists, so
-        # capabilities that recovered drop out.
-        fields["capability_health"] = capability_health_list(request.capabilities)
+        if request.capabilities or agent.view.capability_health:
+            # The whole list, empty when all are healthy: a merge-patch replaces lists, so
+            # capabilities that recovered drop out. An agent that never reported any
+            # heartbeats exactly as before.
+            fields["capability_health"] = capability_health_list(request.capabilities)
         status = AgentStatus(**fields).model_dump(mode="json", by_alias=True, exclude_unset=True)
         try:
             resource = await self._kube(
@@ -421,6 +432,15 @@ def _registration_status(agent_id: str, registered_at: datetime, sequence: int) 
         heartbeat_source=HEARTBEAT_SOURCE,
     )
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _card_status(request: RegistrationRequest) -> dict[str, Any]:
+    """The card's status fields: the registration's card, or none. A registration says all
+    there is about the agent, so one without a card removes a card registered before (a
+    merge-patch null deletes the field)."""
+    if request.agent_card is not None:
+        return StoredCard.of(request.agent_card).status_fields()
+    return dict.fromkeys(("agentCard", "agentCardHash", "agentCardSkills", "agentCardProblem"))
 
 
 def _existing_id(resource: dict[str, Any]) -> str | None:

@@ -14,9 +14,11 @@ complete new index beside the live one and switch to it in one step::
     <p>:g:<gen>:keys                  set     every set key of the generation, for refresh()
     <p>:g:<gen>:touched               set     ids changed live while the generation was pending
     <p>:g:<gen>:picks                 hash    agent id -> routes picked it since its last record (load estimate)
+    <p>:g:<gen>:cards                 hash    agent id -> its A2A card, canonical JSON (only agents with one)
     <p>:g:<gen>:s:<scope>:all         set     agent ids in the scope
     <p>:g:<gen>:s:<scope>:type:<t>    set
     <p>:g:<gen>:s:<scope>:cap:<c>     set
+    <p>:g:<gen>:s:<scope>:skill:<k>   set     its card has skill id k
     <p>:g:<gen>:s:<scope>:status:<s>  set     REST status: healthy|degraded|unhealthy|unreachable
     <p>:g:<gen>:s:<scope>:capok:<c>   set     has capability c and does not report it unhealthy
     <p>:g:<gen>:s:<scope>:capdeg:<c>  set     reports capability c degraded
@@ -32,9 +34,14 @@ sets it no longer belongs to without parsing the old record in Lua.
 A query with ``status=healthy`` and capabilities intersects ``capok`` sets instead of
 ``cap`` ones, so an agent that reports a capability unhealthy drops out of it with no
 filtering after the intersection (the list answer and the route read the same sets).
-Format v3 added ``capok``, ``capdeg``, ``loaded``, ``full`` and ``picks``: a v2 index lacks
-them, so an upgraded facade must not read one (it reads the API server until the upgraded
-operator has built v3).
+Format v3 added ``capok``, ``capdeg``, ``loaded``, ``full``, ``picks``, ``skill`` and
+``cards``: a v2 index lacks them, so an upgraded facade must not read one (it reads the API
+server until the upgraded operator has built v3).
+
+Cards live in a hash of their own, not in the records: a list answer reads every matching
+record, and a card (up to 32 KiB) is needed only by the card routes. A skill id has no
+whitespace and comes last in its set's name, so it cannot reach into another set's name
+(``schema.card``).
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ MEMBERSHIPS: Final = "mem"
 KEY_REGISTRY: Final = "keys"
 TOUCHED: Final = "touched"
 PICKS: Final = "picks"
-FIXED_KEYS: Final = (META, RECORDS, NAMES, MEMBERSHIPS, KEY_REGISTRY, TOUCHED, PICKS)
+CARDS: Final = "cards"
+FIXED_KEYS: Final = (META, RECORDS, NAMES, MEMBERSHIPS, KEY_REGISTRY, TOUCHED, PICKS, CARDS)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,10 @@ def capability_set(scope: str, capability: str) -> str:
     return f"s:{scope}:cap:{capability}"
 
 
+def skill_set(scope: str, skill: str) -> str:
+    return f"s:{scope}:skill:{skill}"
+
+
 def status_set(scope: str, status: str) -> str:
     return f"s:{scope}:status:{status}"
 
@@ -158,6 +170,7 @@ def memberships(record: IndexedAgent) -> str:
                 lines.append(usable_capability_set(scope, capability))
             if health == "degraded":
                 lines.append(degraded_capability_set(scope, capability))
+        lines.extend(skill_set(scope, skill) for skill in view.skills or ())
         if record.load is not None:
             lines.append(load_reporting_set(scope))
             if record.load.full:
@@ -166,12 +179,16 @@ def memberships(record: IndexedAgent) -> str:
 
 
 def query_sets(
-    namespace: str | None, agent_type: str | None, capabilities: Sequence[str], status: str | None
+    namespace: str | None,
+    agent_type: str | None,
+    capabilities: Sequence[str],
+    status: str | None,
+    skills: Sequence[str] = (),
 ) -> list[str]:
     """The sets whose intersection answers a query (never empty: no filter means the scope's ``all``).
 
     Asking for healthy agents with a capability asks for agents that do not report that
-    capability unhealthy."""
+    capability unhealthy. Every skill asked for must be on the agent's card."""
     scope = _scope(namespace)
     sets = []
     if agent_type is not None:
@@ -180,6 +197,7 @@ def query_sets(
         sets.append(status_set(scope, status))
     per_capability = usable_capability_set if status == "healthy" else capability_set
     sets.extend(per_capability(scope, capability) for capability in dict.fromkeys(capabilities))
+    sets.extend(skill_set(scope, skill) for skill in dict.fromkeys(skills))
     return sets or [all_set(scope)]
 
 

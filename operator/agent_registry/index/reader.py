@@ -93,6 +93,14 @@ class Picked:
     listed: Listed | None
 
 
+@dataclass(frozen=True, slots=True)
+class Carded:
+    """An agent of a card catalogue: its record as a list answer needs it, and its card's canonical JSON."""
+
+    listed: Listed
+    card: str
+
+
 class Listing:
     """One answer of the index to a query, sorted by name: shared by every caller that
     joined the read, so the joined answer body is built once for all of them."""
@@ -262,6 +270,7 @@ class IndexReader:
         self._get = redis.register_script(scripts.GET)
         self._get_by_name = redis.register_script(scripts.GET_BY_NAME)
         self._query = redis.register_script(scripts.QUERY)
+        self._card = redis.register_script(scripts.CARD)
         self._route = redis.register_script(scripts.ROUTE)
         self._is_intact = redis.register_script(scripts.IS_INTACT)
         self._parsed = _ParsedRecords()
@@ -286,16 +295,28 @@ class IndexReader:
             )
             return self._one(reply)
 
+    async def card(self, agent_id: str) -> tuple[IndexedAgent, str | None] | None:
+        """The agent's record and its card's canonical JSON (None: no card); None when the index lacks the agent."""
+        with translated_errors():
+            reply = await self._card(keys=[self.layout.current], args=[self.layout.generations, agent_id])
+        if _no_index(reply):
+            raise IndexLost("no index in redis")
+        if reply is None:
+            return None
+        record = self._parsed.parse(reply[0])
+        return record, (text(reply[1]) if len(reply) > 1 else None)
+
     async def query(
         self,
         namespace: str | None,
         type: str | None = None,
         capabilities: Sequence[str] = (),
         status: str | None = None,
+        skills: Sequence[str] = (),
     ) -> list[IndexedAgent]:
-        """Agents matching every given filter (all ``capabilities`` must match), sorted
-        by name; ``namespace=None`` means all namespaces."""
-        listing = await self.query_listed(namespace, type, capabilities, status)
+        """Agents matching every given filter (all ``capabilities`` and ``skills`` must
+        match), sorted by name; ``namespace=None`` means all namespaces."""
+        listing = await self.query_listed(namespace, type, capabilities, status, skills)
         return [self._parsed.parse(entry.raw) for entry in listing.entries]
 
     async def query_listed(
@@ -304,13 +325,35 @@ class IndexReader:
         type: str | None = None,
         capabilities: Sequence[str] = (),
         status: str | None = None,
+        skills: Sequence[str] = (),
     ) -> Listing:
         """As ``query``, each record with its wire form; concurrent callers asking the same
         question may share one read and one answer (do not change it)."""
         if not self._valid_scope(namespace):
             return Listing([])
-        sets = k.query_sets(namespace, type, capabilities, status)
+        sets = k.query_sets(namespace, type, capabilities, status, skills)
         return await self._shared.read(tuple(sorted(sets)), lambda: self._listing(sets))
+
+    async def query_cards(
+        self,
+        namespace: str | None,
+        type: str | None = None,
+        capabilities: Sequence[str] = (),
+        status: str | None = None,
+        skills: Sequence[str] = (),
+    ) -> list[Carded]:
+        """The agents ``query`` would return that have a card, each with its card, sorted by name."""
+        if not self._valid_scope(namespace):
+            return []
+        sets = k.query_sets(namespace, type, capabilities, status, skills)
+        with translated_errors():
+            reply = await self._query(keys=[self.layout.current], args=[self.layout.generations, "cards", *sets])
+            if _no_index(reply):
+                raise IndexLost("no index in redis")
+            pairs = zip(reply[::2], reply[1::2], strict=True)  # the script answers record, card, record, card, ...
+            found = [Carded(self._parsed.listed(raw), text(card)) for raw, card in pairs]
+        found.sort(key=lambda entry: (entry.listed.name, entry.listed.namespace))
+        return found
 
     async def _listing(self, sets: Sequence[str]) -> Listing:
         with translated_errors():
@@ -357,6 +400,7 @@ class IndexReader:
         type: str | None = None,
         capabilities: Sequence[str] = (),
         status: str | None = None,
+        skills: Sequence[str] = (),
     ) -> int:
         """How many agents ``query`` would return, without fetching them."""
         if not self._valid_scope(namespace):
@@ -364,7 +408,7 @@ class IndexReader:
         with translated_errors():
             reply = await self._query(
                 keys=[self.layout.current],
-                args=[self.layout.generations, "count", *k.query_sets(namespace, type, capabilities, status)],
+                args=[self.layout.generations, "count", *k.query_sets(namespace, type, capabilities, status, skills)],
             )
         if _no_index(reply):
             raise IndexLost("no index in redis")

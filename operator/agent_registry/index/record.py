@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_registry.schema.agent import (
     CAPABILITY_PATTERN,
@@ -17,11 +17,13 @@ from agent_registry.schema.agent import (
     Load,
     Phase,
 )
+from agent_registry.schema.card import SKILL_ID_PATTERN, StoredCard
 from agent_registry.schema.rest import AgentView, agent_view_from_resource, rest_status
 
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 _DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 _CAPABILITY = re.compile(CAPABILITY_PATTERN)
+_SKILL_ID = re.compile(SKILL_ID_PATTERN)
 
 
 class IndexedAgent(BaseModel):
@@ -45,6 +47,11 @@ class IndexedAgent(BaseModel):
     unreachable_after_seconds: int | None = None
     load: Load | None = None
     """The load the agent's last Lease renewal reported (``schema.lease``); routing reads it."""
+    card_hash: str | None = None
+    """The content hash of the agent's A2A card (``schema.card``), its ETag; None without a card."""
+    card_json: str | None = Field(default=None, exclude=True)
+    """The card's canonical JSON, to write beside the record (the index's ``cards`` hash), never
+    inside it; so a record read back from the index has None here whatever its card."""
 
     @model_validator(mode="after")
     def _usable_in_key_names(self) -> Self:
@@ -63,6 +70,9 @@ class IndexedAgent(BaseModel):
         for capability in view.capabilities:
             if not _CAPABILITY.match(capability):
                 raise ValueError(f"capability {capability!r} does not match {CAPABILITY_PATTERN}")
+        for skill in view.skills or ():
+            if not _SKILL_ID.match(skill):
+                raise ValueError(f"skill id {skill!r} does not match {SKILL_ID_PATTERN}")
         return self
 
     @property
@@ -84,15 +94,20 @@ def record_from_resource(
     phase: Phase | str | None = None,
     last_seen: datetime | None = None,
     load: Load | None = None,
+    card: StoredCard | None = None,
 ) -> IndexedAgent:
     """The index record for an Agent object as the API server returns it.
 
     ``phase`` overrides ``status.phase`` when the operator has decided a phase it has not
     patched in yet; ``last_seen`` is the operator's own observation time of the last
     heartbeat (``agent_view_from_resource`` falls back to the agent's clock otherwise);
-    ``load`` comes from the agent's Lease, which the operator watches apart.
+    ``load`` comes from the agent's Lease, which the operator watches apart. ``card`` is the
+    object's card as the operator validated it: the record's skills are that card's, so
+    the index never finds an agent by a skill of a card it does not serve.
     """
     view = agent_view_from_resource(resource, last_seen=last_seen)
+    skills = list(card.skills) if card is not None else []
+    view = view.model_copy(update={"skills": skills or None})
     meta = resource.get("metadata") or {}
     timing = AgentSpec.model_validate(resource.get("spec") or {}).heartbeat
     if phase is None:
@@ -110,4 +125,6 @@ def record_from_resource(
         interval_seconds=timing.interval_seconds,
         unreachable_after_seconds=timing.unreachable_after_seconds,
         load=load,
+        card_hash=card.hash if card is not None else None,
+        card_json=card.canonical.decode() if card is not None else None,
     )

@@ -14,8 +14,9 @@ from typing import Final
 from agent_registry.index import keys as k
 
 _PRELUDE: Final = f"""
-local META, REC, NAMES, MEM, KEYREG, TOUCHED, PICKS =
-  '{k.META}', '{k.RECORDS}', '{k.NAMES}', '{k.MEMBERSHIPS}', '{k.KEY_REGISTRY}', '{k.TOUCHED}', '{k.PICKS}'
+local META, REC, NAMES, MEM, KEYREG, TOUCHED, PICKS, CARDS =
+  '{k.META}', '{k.RECORDS}', '{k.NAMES}', '{k.MEMBERSHIPS}', '{k.KEY_REGISTRY}', '{k.TOUCHED}', '{k.PICKS}',
+  '{k.CARDS}'
 """
 
 _WRITE_HELPERS: Final = r"""
@@ -40,8 +41,8 @@ local function leave_old(base, id, keep)
 end
 
 -- `expired` lists keys this script call already gave a TTL (and registered), so a batch
--- of records sharing sets pays for that once.
-local function put(base, ttl, id, record, membership, expired)
+-- of records sharing sets pays for that once. `card` is the agent's card JSON, '' for none.
+local function put(base, ttl, id, record, membership, card, expired)
   local entries = lines(membership)
   local keep = {}
   for _, entry in ipairs(entries) do keep[entry] = true end
@@ -57,6 +58,16 @@ local function put(base, ttl, id, record, membership, expired)
   end
   redis.call('HSET', base .. NAMES, entries[1], id)
   redis.call('HSET', base .. MEM, id, membership)
+  if card == '' then
+    redis.call('HDEL', base .. CARDS, id)
+  else
+    redis.call('HSET', base .. CARDS, id, card)
+    -- The hash may have been created just now, after this call gave the others their TTL.
+    if not expired[base .. CARDS] then
+      redis.call('EXPIRE', base .. CARDS, ttl)
+      expired[base .. CARDS] = true
+    end
+  end
   -- A new record (a renewal with the agent's own load) replaces the routes' estimate.
   redis.call('HDEL', base .. PICKS, id)
   if redis.call('HSET', base .. REC, id, record) == 1 then
@@ -71,6 +82,7 @@ end
 local function drop(base, id)
   leave_old(base, id, {})
   redis.call('HDEL', base .. MEM, id)
+  redis.call('HDEL', base .. CARDS, id)
   redis.call('HDEL', base .. PICKS, id)
   if redis.call('HDEL', base .. REC, id) == 1 then
     redis.call('HINCRBY', base .. META, 'agents', -1)
@@ -105,15 +117,15 @@ local function mark_touched(target, id)
 end
 """
 
-# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id, record JSON, memberships.
-# Returns how many generations it reached (0: there is no index).
+# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id, record JSON, memberships,
+# card JSON ('' for none). Returns how many generations it reached (0: there is no index).
 UPSERT: Final = (
     _PRELUDE
     + _WRITE_HELPERS
     + """
 local reached = targets(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 for _, target in ipairs(reached) do
-  put(target[1], target[2], ARGV[4], ARGV[5], ARGV[6], {})
+  put(target[1], target[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], {})
   mark_touched(target, ARGV[4])
 end
 return #reached
@@ -134,7 +146,8 @@ return #reached
 """
 )
 
-# KEYS: pending. ARGV: generations prefix, gen, lease, then (id, record JSON, memberships) triples.
+# KEYS: pending. ARGV: generations prefix, gen, lease, then (id, record JSON, memberships,
+# card JSON or '') quadruples.
 # Returns how many records it wrote, or -1 when the resync's lease ran out.
 LOAD: Final = (
     _PRELUDE
@@ -145,9 +158,9 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 or redis.call('EXISTS', base .
   return -1
 end
 local loaded, expired = 0, {}
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   if redis.call('SISMEMBER', base .. TOUCHED, ARGV[i]) == 0 then
-    put(base, ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2], expired)
+    put(base, ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], expired)
     loaded = loaded + 1
   end
 end
@@ -243,8 +256,9 @@ return redis.call('HGET', base .. REC, id)
 """
 )
 
-# KEYS: current. ARGV: generations prefix, "count" or "records", then set suffixes (at least one).
-# Returns -1, a count, or the list of record JSONs.
+# KEYS: current. ARGV: generations prefix, "count", "records" or "cards", then set suffixes (at
+# least one). Returns -1, a count, the list of record JSONs, or ("cards") the records of the
+# agents that have a card, each followed by its card JSON.
 QUERY: Final = (
     _PRELUDE
     + _READ_HELPERS
@@ -260,11 +274,39 @@ local out = {}
 for first = 1, #ids, 500 do
   local chunk = {}
   for i = first, math.min(first + 499, #ids) do chunk[#chunk + 1] = ids[i] end
-  for _, record in ipairs(redis.call('HMGET', base .. REC, unpack(chunk))) do
-    if record then out[#out + 1] = record end
+  local records = redis.call('HMGET', base .. REC, unpack(chunk))
+  if ARGV[2] == 'cards' then
+    local cards = redis.call('HMGET', base .. CARDS, unpack(chunk))
+    for i = 1, #chunk do
+      if records[i] and cards[i] then
+        out[#out + 1] = records[i]
+        out[#out + 1] = cards[i]
+      end
+    end
+  else
+    for _, record in ipairs(records) do
+      if record then out[#out + 1] = record end
+    end
   end
 end
 return out
+"""
+)
+
+# KEYS: current. ARGV: generations prefix, agent id.
+# Returns -1 (no index), nil (no such agent), or {record JSON, card JSON} ({record JSON}
+# when the agent has no card).
+CARD: Final = (
+    _PRELUDE
+    + _READ_HELPERS
+    + """
+local base = live_base(KEYS[1], ARGV[1])
+if not base then return -1 end
+local record = redis.call('HGET', base .. REC, ARGV[2])
+if not record then return false end
+local card = redis.call('HGET', base .. CARDS, ARGV[2])
+if not card then return {record} end
+return {record, card}
 """
 )
 

@@ -81,6 +81,7 @@ class IndexWriter(IndexReader):
                     record.id,
                     record.model_dump_json(),
                     k.memberships(record),
+                    record.card_json or "",
                 ],
             )
         if not reached:
@@ -222,7 +223,7 @@ class Resync:
                 for batch in group:
                     args: list[str | int] = [layout.generations, self.generation, w.lease_seconds]
                     for record in batch:
-                        args += [record.id, record.model_dump_json(), k.memberships(record)]
+                        args += [record.id, record.model_dump_json(), k.memberships(record), record.card_json or ""]
                     await w._load(keys=[layout.pending], args=args, client=pipe)
                 for result in await pipe.execute():
                     if result == -1:

@@ -39,6 +39,7 @@ from agent_registry.localcluster.launcher import (
 from agent_registry.localcluster.process import LOOPBACK, ManagedProcess, free_port
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.localrun import kube
+from agent_registry.localrun.demo_agent import CARD_PATH
 
 DEFAULT_API_PORT = 8080
 # Shorter than production so a demo shows Unreachable and clean-up within a minute.
@@ -293,6 +294,7 @@ class Stack:
                 url = f"http://{LOOPBACK}:{port}"
                 argv = [sys.executable, "-m", "agent_registry.localrun.demo_agent"]
                 argv += ["--host", LOOPBACK, "--port", str(port), "--name", agent.name]
+                argv += ["--skills", ",".join(agent.capabilities)]
                 log = self._logs / f"{agent.name}.log"
                 process = ManagedProcess(
                     agent.name, argv, log, env=inherited_env() | {"PYTHONUNBUFFERED": "1"}, stop_grace_seconds=5.0
@@ -319,6 +321,7 @@ class Stack:
             version="1.0.0",
             metadata={"started-by": "make run"},
             health_url=f"http://{LOOPBACK}:{port}/health",
+            card_url=f"http://{LOOPBACK}:{port}{CARD_PATH}",
         )
 
     def _wait_healthy(self, api: SyncApi, names: list[str], timeout: float = 90.0) -> None:

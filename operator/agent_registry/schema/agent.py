@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from agent_registry.schema import constants as c
+from agent_registry.schema.card import MAX_SKILLS, SkillId
 
 # Regular expressions are kept to the subset that both Go's RE2 (the API server) and
 # Rust's regex crate (pydantic-core) read the same way: no look-around, no backrefs.
@@ -283,6 +284,25 @@ def capability_reports(entries: list[CapabilityHealth] | None) -> dict[str, Capa
     return {entry.name: CapabilityReport(status=entry.status, reason=entry.reason) for entry in entries or []}
 
 
+# The card's shape is checked by ``schema.card.AgentCard`` in every writer (sidecar, facade)
+# and again by the operator before it indexes a card; the CRD keeps it as it is. A
+# structural schema of the card would prune fields a newer A2A version adds, and its size
+# cannot be bounded by the API server anyway (see the metadata bound above).
+_CARD_CRD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "description": "The agent's A2A AgentCard, as validated and reduced by the registry (schema/card.py).",
+}
+
+
+class CardProblem(_Model):
+    """Why the agent's card was not taken at the last try (written by the sidecar); the
+    operator shows it as the ``CardValid`` condition."""
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=CONDITION_REASON_PATTERN)]
+    message: Annotated[str, StringConstraints(max_length=c.MAX_MESSAGE_LENGTH)] = ""
+
+
 class AgentStatus(_Model):
     """Observed state. Heartbeat fields are written by the sidecar or the facade; the
     rest by the operator. The API server prunes status fields missing here, so every
@@ -313,6 +333,20 @@ class AgentStatus(_Model):
         description="Capabilities the agent last reported degraded or unhealthy (the others are healthy). "
         "Routing skips an agent for a capability it reports unhealthy; its phase does not change.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    agent_card: Annotated[dict[str, Any], WithJsonSchema(_CARD_CRD_SCHEMA)] | None = Field(default=None)
+    agent_card_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="SHA-256 (hex) of agentCard's canonical JSON: its ETag."
+    )
+    agent_card_skills: Annotated[list[SkillId], Field(max_length=MAX_SKILLS)] | None = Field(
+        default=None,
+        description="The ids of agentCard's skills, for discovery by skill and for kubectl's Skills column.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    agent_card_problem: CardProblem | None = Field(
+        default=None,
+        description="Why the card the agent serves was not taken at the last try; absent when it was. "
+        "agentCard then still holds the last card that was.",
     )
     conditions: Annotated[list[Condition], Field(max_length=c.MAX_CONDITIONS)] | None = Field(
         default=None,

@@ -32,6 +32,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Port", "type": "integer", "jsonPath": ".spec.port", "priority": 1},
     {"name": "Capabilities", "type": "string", "jsonPath": ".spec.capabilities", "priority": 1},
     {"name": "Version", "type": "string", "jsonPath": ".spec.version", "priority": 1},
+    # The ids, not a count: a JSONPath column cannot count, and the ids are what one looks for.
+    {
+        "name": "Skills",
+        "type": "string",
+        "jsonPath": ".status.agentCardSkills",
+        "description": "The skill ids of the agent's A2A card.",
+        "priority": 1,
+    },
     {"name": "Agent-ID", "type": "string", "jsonPath": ".status.agentId", "priority": 1},
     # Heartbeats renew the agent's Lease; the Agent's status is written only when the report
     # changes (and, by the sidecar, at least every 5 minutes). So this column is the last

@@ -31,6 +31,7 @@ from agent_registry.schema.agent import (
     ReportedStatus,
     capability_reports,
 )
+from agent_registry.schema.card import AgentCard
 
 AgentName = Annotated[
     str,
@@ -57,6 +58,11 @@ class RegistrationRequest(_Request):
     capabilities: Capabilities = Field(default_factory=list)
     version: AgentVersion = c.DEFAULT_AGENT_VERSION
     metadata: Metadata | None = None
+    agent_card: AgentCard | None = Field(
+        default=None,
+        description="Optional: the agent's A2A AgentCard (protocol 1.0). Stored with the agent, reduced to the "
+        "card's own fields; its skill ids become discoverable (GET /agents?skill=...).",
+    )
 
     def to_spec(self, heartbeat_interval_seconds: int | None = None) -> AgentSpec:
         spec = AgentSpec(
@@ -128,12 +134,14 @@ class AgentView(BaseModel):
     metadata: dict[str, Any] | None = None
     capability_health: dict[str, CapabilityReport] | None = None
     """Capabilities the agent reports degraded or unhealthy; absent when all are healthy."""
+    skills: list[str] | None = None
+    """The skill ids of the agent's A2A card; absent when it has no card (or one without skills)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form: ``metadata`` is omitted when empty, as the original did, and so is
-        ``capability_health`` (an agent that reports none answers exactly as before)."""
+        """The wire form: ``metadata`` is omitted when empty, as the original did, and so are
+        ``capability_health`` and ``skills`` (an agent that reports neither answers exactly as before)."""
         data = self.model_dump(mode="json")
-        for optional in ("metadata", "capability_health"):
+        for optional in ("metadata", "capability_health", "skills"):
             if not data.get(optional):
                 data.pop(optional, None)
         return data
@@ -174,11 +182,27 @@ def agent_view_from_resource(resource: Mapping[str, Any], last_seen: datetime | 
         last_seen=last_seen or status.last_heartbeat_time or status.registered_at,
         metadata=merged or None,
         capability_health=health or None,
+        skills=list(status.agent_card_skills or []) or None,
     )
 
 
 class AgentListResponse(BaseModel):
     agents: list[AgentView]
+    count: int
+
+
+class CatalogueEntry(BaseModel):
+    """One agent of the card catalogue: who it is in the registry, and its A2A card."""
+
+    agent_id: str
+    name: str
+    card: AgentCard
+
+
+class CardCatalogue(BaseModel):
+    """``GET /agents/cards``: the cards of the healthy agents that match, by agent name."""
+
+    cards: list[CatalogueEntry]
     count: int
 
 

@@ -1,7 +1,8 @@
-"""``/agents``: the original registry's routes, unchanged, plus filters, healthy agents and routing.
+"""``/agents``: the original registry's routes, unchanged, plus filters, healthy agents,
+routing and agents' A2A cards.
 
-Static routes come before ``/agents/{agent_id}`` so that ``/agents/healthy`` is not read
-as an id.
+Static routes come before ``/agents/{agent_id}`` so that ``/agents/healthy`` and
+``/agents/cards`` are not read as ids.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from agent_registry.facade.deps import (
     ReadableAgent,
     RegistryDep,
 )
-from agent_registry.facade.errors import documented
+from agent_registry.facade.errors import documented, not_found
 from agent_registry.facade.models import UNREGISTERED, MessageResponse
 from agent_registry.schema import constants as c
+from agent_registry.schema.card import MAX_SKILL_ID_LENGTH, MAX_SKILLS, AgentCard
 from agent_registry.schema.rest import (
     AgentListResponse,
     AgentView,
+    CardCatalogue,
     HeartbeatRequest,
     HeartbeatResponse,
     RegistrationRequest,
@@ -52,6 +55,14 @@ CapabilityFilter = Annotated[
     ),
 ]
 StatusFilter = Annotated[RestStatus | None, Query(alias="status", description="Only agents in this status.")]
+SkillFilter = Annotated[
+    list[Annotated[str, StringConstraints(max_length=MAX_SKILL_ID_LENGTH)]],
+    Query(
+        alias="skill",
+        max_length=MAX_SKILLS,
+        description="Only agents whose A2A card has a skill with this id; repeat it and all must match.",
+    ),
+]
 
 _READ_ERRORS = documented(400, 401, 403, 503)
 MAX_ROUTE_KEY_LENGTH = 256
@@ -83,8 +94,9 @@ async def list_agents(
     agent_type: TypeFilter = None,
     capabilities: CapabilityFilter = [],  # noqa: B006 - FastAPI copies defaults per request
     status: StatusFilter = None,
+    skills: SkillFilter = [],  # noqa: B006
 ) -> Response:
-    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, status))
+    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, status, skills))
 
 
 @router.get(
@@ -100,8 +112,27 @@ async def healthy_agents(
     namespace: NamespaceDep,
     agent_type: TypeFilter = None,
     capabilities: CapabilityFilter = [],  # noqa: B006
+    skills: SkillFilter = [],  # noqa: B006
 ) -> Response:
-    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, "healthy"))
+    return _list(request, await registry.reads.query_json(namespace, agent_type, capabilities, "healthy", skills))
+
+
+@router.get(
+    "/cards",
+    summary="The A2A cards of healthy agents, optionally filtered, so an A2A client finds its peers",
+    response_model=CardCatalogue,
+    responses=_READ_ERRORS,
+)
+async def agent_cards(
+    request: Request,
+    registry: RegistryDep,
+    _: MayList,
+    namespace: NamespaceDep,
+    agent_type: TypeFilter = None,
+    capabilities: CapabilityFilter = [],  # noqa: B006
+    skills: SkillFilter = [],  # noqa: B006
+) -> Response:
+    return _list(request, await registry.cards.catalogue_json(namespace, agent_type, capabilities, skills))
 
 
 @router.get(
@@ -128,8 +159,8 @@ async def route(
     version: Annotated[
         str | None,
         Query(
-            min_length=1,
             max_length=versions.MAX_CONSTRAINT_LENGTH,
+            pattern=versions.PATTERN,
             description="Only agents whose version satisfies this: PEP 440 specifiers such as '>=1.4,<2', "
             "or '^1.4' / '~1.4'.",
         ),
@@ -151,6 +182,24 @@ async def agents_of_type(
 @router.get("/{agent_id}", summary="One agent", response_model=AgentView, responses=documented(400, 401, 403, 404, 503))
 async def get_agent(agent: ReadableAgent) -> JSONResponse:
     return JSONResponse(agent.view.to_json())
+
+
+@router.get(
+    "/{agent_id}/agent-card.json",
+    summary="The agent's A2A card, with its content hash as ETag (304 to a matching If-None-Match)",
+    response_model=AgentCard,
+    response_model_exclude_none=True,
+    responses={
+        304: {"description": "Not modified: the client's copy is current"},
+        **documented(400, 401, 403, 404, 503),
+    },
+)
+async def agent_card(request: Request, registry: RegistryDep, agent: ReadableAgent) -> Response:
+    card = await registry.cards.card(agent)
+    if card is None:
+        raise not_found(f"agent {agent.agent_id} has no agent card")
+    status, body, headers = etags.tagged_answer(card.canonical, f'"{card.hash}"', request.headers.get("if-none-match"))
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 @router.post(
