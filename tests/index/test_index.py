@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tests.helpers.cards import a2a_card
 from tests.helpers.index_records import TTL, record, resource
 
 from agent_registry.index import (
@@ -29,6 +30,7 @@ from agent_registry.index.reader import Listing, RedisClient, _ParsedRecords, _S
 from agent_registry.localcluster.redis_server import LocalRedis
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Phase
+from agent_registry.schema.card import StoredCard
 
 
 def changed(base: IndexedAgent, **view: Any) -> IndexedAgent:
@@ -368,16 +370,95 @@ async def test_prefixes_keep_installs_apart(client: RedisClient) -> None:
     assert await second.is_intact()
 
 
+# --- skills and cards ---------------------------------------------------------------------
+
+
+def as_read_back(item: IndexedAgent) -> IndexedAgent:
+    """A record as the index gives it back: its card lives beside it, not in it."""
+    return item.model_copy(update={"card_json": None})
+
+
+async def test_skills_are_found_like_capabilities_all_must_match(writer: IndexWriter, reader: IndexReader) -> None:
+    translator = record("translator", capabilities=["scale"], phase="Healthy", card=a2a_card(skills=("translate",)))
+    both = record("both", phase="Healthy", card=a2a_card(skills=("translate", "summarize")))
+    plain = record("plain", capabilities=["scale"], phase="Healthy")
+    for item in (translator, both, plain):
+        await writer.upsert(item)
+
+    assert names(await reader.query("team-a", skills=["translate"])) == ["both", "translator"]
+    assert names(await reader.query("team-a", skills=["translate", "summarize"])) == ["both"]
+    assert names(await reader.query(None, skills=["summarize"], status="healthy")) == ["both"]
+    assert names(await reader.query("team-a", capabilities=["scale"], skills=["translate"])) == ["translator"]
+    assert names(await reader.query("team-a", capabilities=["scale"])) == ["plain", "translator"]
+    assert await reader.query("team-b", skills=["translate"]) == []
+    assert await reader.count("team-a", skills=["translate"]) == 2
+    assert (await reader.get(both.id)) == as_read_back(both)
+    assert both.agent.skills == ["translate", "summarize"]
+
+    # A new card moves the agent between skill sets, as any change moves it between sets.
+    relabelled = record_from_resource(
+        resource("both", agent_id=both.id, phase="Healthy"),
+        card=StoredCard.validated(a2a_card(skills=("summarize",))),
+    )
+    await writer.upsert(relabelled)
+    assert names(await reader.query("team-a", skills=["translate"])) == ["translator"]
+    assert names(await reader.query("team-a", skills=["summarize"])) == ["both"]
+
+
+async def test_cards_live_beside_the_records(writer: IndexWriter, reader: IndexReader) -> None:
+    carded = record("carded", phase="Healthy", card=a2a_card(name="carded"))
+    sick = record("sick", phase="Unhealthy", card=a2a_card(name="sick"))
+    plain = record("plain", phase="Healthy")
+    for item in (carded, sick, plain):
+        await writer.upsert(item)
+
+    found = await reader.card(carded.id)
+    assert found is not None
+    assert found[0] == as_read_back(carded) and found[0].card_hash == carded.card_hash
+    assert found[1] == carded.card_json
+    assert json.loads(found[1] or "")["name"] == "carded"
+    assert await reader.card(plain.id) == (as_read_back(plain), None)
+    assert await reader.card(str(uuid.uuid4())) is None
+    # The records do not carry the cards: a list answer reads no card.
+    raw = await writer.redis.hget(writer.layout.key(await current_generation(writer), k.RECORDS), carded.id)
+    assert raw is not None and "supportedInterfaces" not in raw
+
+    catalogue = await reader.query_cards("team-a", status="healthy")
+    assert [(entry.listed.name, entry.card) for entry in catalogue] == [("carded", carded.card_json)]
+    assert [entry.listed.name for entry in await reader.query_cards("team-a")] == ["carded", "sick"]
+
+    # Re-indexed without a card: the card goes; removed: the card goes with the record.
+    await writer.upsert(as_read_back(carded).model_copy(update={"card_hash": None}))
+    assert await reader.card(carded.id) == (as_read_back(carded).model_copy(update={"card_hash": None}), None)
+    await writer.remove(sick.id)
+    assert await reader.card(sick.id) is None
+    cards_key = writer.layout.key(await current_generation(writer), k.CARDS)
+    assert await writer.redis.hlen(cards_key) == 0
+
+
+async def test_a_full_resync_carries_the_cards(writer: IndexWriter, reader: IndexReader, client: RedisClient) -> None:
+    items = [record(f"agent-{n}", phase="Healthy", card=a2a_card(name=f"agent-{n}")) for n in range(30)]
+    await writer.replace_all([*items, record("plain")])
+    await writer.drain()
+    catalogue = await reader.query_cards(None)
+    assert [entry.listed.name for entry in catalogue] == sorted(item.name for item in items)
+    assert all(json.loads(entry.card)["name"] == entry.listed.name for entry in catalogue)
+    cards_key = writer.layout.key(await current_generation(writer), k.CARDS)
+    assert 0 < await client.ttl(cards_key) <= TTL
+
+
 # --- expiry and loss ------------------------------------------------------------------
 
 
 async def test_every_key_has_a_ttl_and_refresh_extends_it(writer: IndexWriter, client: RedisClient) -> None:
     await writer.replace_all(fleet(40, "agent"))
-    await writer.upsert(record("late", capabilities=["brand-new"]))
+    await writer.upsert(record("late", capabilities=["brand-new"], card=a2a_card()))
     await writer.drain()
     all_keys = [key async for key in client.scan_iter(match=f"{writer.layout.root}:*")]
     assert writer.layout.current in all_keys
     assert any(key.endswith(":cap:brand-new") for key in all_keys)
+    assert any(key.endswith(":skill:rightsizing") for key in all_keys)
+    assert any(key.endswith(f":{k.CARDS}") for key in all_keys)
     for key in all_keys:
         assert 0 < await client.ttl(key) <= TTL, key
 

@@ -122,7 +122,9 @@ async def test_without_load_reports_picks_stay_round_robin(writer: IndexWriter, 
 
 async def test_an_agent_without_a_report_counts_as_half_busy(writer: IndexWriter, reader: IndexReader) -> None:
     reporting = record("reporting", phase="Healthy", load=Load(in_flight=0, max=1000))
-    await put(writer, record("silent", phase="Healthy"), reporting)
+    # Its metadata cannot pass for a load report.
+    silent = record("silent", phase="Healthy", metadata={"load": {"in_flight": 0, "max": 100000}})
+    await put(writer, silent, reporting)
     # A load report in the namespace makes picks load-aware; "silent" counts as half busy.
     assert await picks(reader, [], 12) == {"reporting": 12}
     await put(writer, reporting.model_copy(update={"load": Load(in_flight=900, max=1000)}))

@@ -35,6 +35,11 @@ class IndexedAgent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    load: Load | None = None
+    """The load the agent's last Lease renewal reported (``schema.lease``). The first field on
+    purpose: the route script reads it from the start of the JSON (``scripts.ROUTE``), where
+    nothing the agent wrote (its metadata) can come before it and imitate it."""
+
     agent: AgentView
     namespace: str
     uid: str = ""
@@ -45,8 +50,6 @@ class IndexedAgent(BaseModel):
     """``spec.heartbeat``'s timing, so a heartbeat that only renews the Lease needs no read
     of the Agent to answer ``next_interval_seconds`` and set the Lease's duration."""
     unreachable_after_seconds: int | None = None
-    load: Load | None = None
-    """The load the agent's last Lease renewal reported (``schema.lease``); routing reads it."""
     card_hash: str | None = None
     """The content hash of the agent's A2A card (``schema.card``), its ETag; None without a card."""
     card_json: str | None = Field(default=None, exclude=True)

@@ -409,9 +409,12 @@ if redis.call('SCARD', base .. ARGV[5]) > 0 then
     -- An agent without a load report counts as half busy: neither preferred nor avoided.
     local use, reports = 0.5, false
     if records[i] then
-      local load = cjson.decode(records[i])['load']
-      if type(load) == 'table' then
-        use, reports = (load['in_flight'] + (tonumber(picks[i]) or 0)) / load['max'], true
+      -- The record's first field (``IndexedAgent.load``, serialised without spaces): read
+      -- at its start, where nothing inside the record can imitate it, and cheaper than
+      -- decoding the whole record.
+      local in_flight, most = string.match(records[i], '^{"load":{"in_flight":(%d+),"max":(%d+)}')
+      if in_flight then
+        use, reports = (tonumber(in_flight) + (tonumber(picks[i]) or 0)) / tonumber(most), true
       end
     end
     if best_use == nil or use < best_use then best, best_use, best_reports = i, use, reports end
