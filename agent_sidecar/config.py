@@ -23,6 +23,13 @@ Agent variables (prefix ``AGENT_``):
                                       (see ``agent_sidecar.probe``)
 ``AGENT_PROBE_TIMEOUT_SECONDS``       no answer within this: ``unhealthy``; default 2
 ``AGENT_PROBE_SLOW_SECONDS``          a 2xx slower than this: ``degraded``; default 1
+``AGENT_CARD_URL``                    the agent's A2A card, e.g.
+                                      ``http://127.0.0.1:8001/.well-known/agent-card.json``;
+                                      unset: the agent serves none. Fetched once the agent
+                                      answers, validated, recorded on the Agent when it changed
+                                      (see ``agent_sidecar.card``)
+``AGENT_CARD_REFRESH_SECONDS``        default 300; the card is looked at again (a conditional
+                                      GET) at most this often, sooner after a failure
 ``AGENT_SHUTDOWN_TIMEOUT_SECONDS``    time allowed to delete the Agent on SIGTERM; default 10
 ``AGENT_LOG_LEVEL``                   ``DEBUG`` also logs every heartbeat; default ``INFO``
 ``AGENT_SERVICE_ACCOUNT_DIR``         default ``/var/run/secrets/kubernetes.io/serviceaccount``
@@ -146,6 +153,13 @@ class SidecarSettings(BaseSettings):
     health_url: AnyHttpUrl | None = Field(default=None, description="an http or https URL")
     probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="seconds, more than 0, at most 60")
     probe_slow_seconds: float = Field(default=1.0, gt=0, description="seconds, more than 0")
+    card_url: AnyHttpUrl | None = Field(default=None, description="an http or https URL")
+    card_refresh_seconds: int = Field(
+        default=300,
+        ge=c.MIN_INTERVAL_SECONDS,
+        le=c.MAX_UNREACHABLE_AFTER_SECONDS,
+        description=f"whole seconds from {c.MIN_INTERVAL_SECONDS} to {c.MAX_UNREACHABLE_AFTER_SECONDS}",
+    )
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=300, description="seconds, more than 0, at most 300")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING or ERROR"

@@ -17,8 +17,12 @@ naming the owner, and retried like any refusal, so the sidecar takes the name ov
 as the other agent's Agent is gone (deleted with its pod, or collected by the operator).
 
 Logging is per state change: registered, health changed, capability health changed, API
-lost, API back, deregistered; and once for each distinct problem of the agent's health
-body. Each heartbeat logs at DEBUG only.
+lost, API back, deregistered, agent card recorded; and once for each distinct problem of
+the agent's health body or its card. Each heartbeat logs at DEBUG only.
+
+With ``AGENT_CARD_URL`` set, a heartbeat whose probe got an answer is followed, when due,
+by a look at the agent's A2A card (``card.py``): the heartbeat is written first, and a
+card that fails in any way is logged and recorded, never raised into the loop.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from agent_registry.kubeapi.objects import registered_by
 from agent_registry.schema import lease
 from agent_registry.schema.agent import CapabilityHealth, Load, ReportedStatus, capability_health_list
 from agent_registry.schema.lease import build_lease
+from agent_sidecar.card import CardWatch, Fetched, fetch_card
 from agent_sidecar.config import SidecarConfig
 from agent_sidecar.kube import DEFAULT_TIMEOUT_SECONDS, AgentApi, ApiError
 from agent_sidecar.logs import log
@@ -107,6 +112,13 @@ class Sidecar:
         self._wrote_agent = False  # a create or adopt was sent, even if its answer never came
         self._status_written: tuple[Report, float] | None = None  # (report, monotonic) of the last status write
         self._lease_refused_until = 0.0
+        card_url = config.settings.card_url
+        self._card = (
+            CardWatch(str(card_url), config.settings.card_refresh_seconds, config.interval_seconds)
+            if card_url is not None
+            else None
+        )
+        self._card_logged: Fetched | None = None  # the last card outcome logged, so each is logged once
 
     @property
     def sequence(self) -> int:
@@ -168,6 +180,8 @@ class Sidecar:
             self._wrote_agent = True
             created = self.api.create_agent(build_agent(self.config, owner, identity))
             self._uid = created["metadata"]["uid"]
+            if self._card is not None:
+                self._card.knows_agent(created)
             log(logging.INFO, "registered: created the agent", **self._describe(created, owner))
             return True
         if is_deleting(existing):
@@ -184,6 +198,8 @@ class Sidecar:
         self._wrote_agent = True
         adopted = self.api.patch_agent(self.name, build_adoption_patch(existing, self.config, owner, identity))
         self._uid = adopted["metadata"]["uid"]
+        if self._card is not None:
+            self._card.knows_agent(adopted)  # a restarted sidecar does not rewrite the card it finds
         self._sequence = max(self._sequence, heartbeat_sequence(existing))
         log(
             logging.INFO,
@@ -303,6 +319,8 @@ class Sidecar:
         self._api_answered()
         backoff.reset()
         log(logging.DEBUG, "heartbeat", sequence=self._sequence, status=result.status.value)
+        if self._card is not None and result.reason != "no-answer" and self._card.due(time.monotonic()):
+            self._check_card(self._card)
         interval = self.config.interval_seconds
         return interval * random.uniform(1 - INTERVAL_JITTER, 1.0)
 
@@ -375,6 +393,54 @@ class Sidecar:
     def _forget_agent(self) -> None:
         self._uid = None
         self._status_written = None
+        if self._card is not None:
+            self._card.knows_agent(None)
+
+    def _check_card(self, watch: CardWatch) -> None:
+        """Fetch the card and record it (or its problem) when the Agent does not say so already."""
+        fetched = fetch_card(watch.url, self.config.settings.probe_timeout_seconds, watch.etag)
+        now = time.monotonic()
+        watch.checked(fetched, now)
+        self._note_card(watch, fetched)
+        patch = watch.patch_for(fetched)
+        if patch is not None:
+            try:
+                self.api.patch_agent_status(self.name, {"status": patch})
+            except ApiError as error:
+                log(
+                    logging.WARNING,
+                    "could not record the agent card; trying again after the next heartbeat",
+                    error=str(error),
+                )
+                watch.retry_soon(now)
+                return
+            if fetched.card is not None and fetched.card.hash != watch.stored_hash:
+                log(
+                    logging.INFO,
+                    "recorded the agent card",
+                    hash=fetched.card.hash,
+                    skills=list(fetched.card.skills),
+                    url=watch.url,
+                )
+        watch.wrote(fetched)
+
+    def _note_card(self, watch: CardWatch, fetched: Fetched) -> None:
+        """One line per distinct problem with the card, and one when it is fine again."""
+        if fetched.unchanged:
+            return
+        previous = self._card_logged
+        if fetched.problem is not None:
+            if previous is None or previous.problem != fetched.problem:
+                log(
+                    logging.WARNING,
+                    "the agent's card was not taken; heartbeats go on",
+                    reason=fetched.problem.reason,
+                    problem=fetched.problem.message,
+                    url=watch.url,
+                )
+        elif previous is not None and previous.problem is not None:
+            log(logging.INFO, "the agent's card is fine again", url=watch.url)
+        self._card_logged = fetched
 
     def _note_health(self, result: ProbeResult) -> None:
         state = (result.status.value, result.reason)

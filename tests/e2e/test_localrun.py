@@ -21,6 +21,7 @@ import pytest
 
 from agent_registry.localcluster.build import Binaries
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.process import wait_for
 from agent_registry.localrun.stack import DEMO_AGENTS
 
 DEMO_NAMES = sorted(agent.name for agent in DEMO_AGENTS)
@@ -117,6 +118,13 @@ def check_api(url: str) -> None:
         listed = http.get("/agents").json()
         assert sorted(a["name"] for a in listed["agents"]) == DEMO_NAMES
         assert {a["status"] for a in listed["agents"]} == {"healthy"}
+        # Each demo agent serves an A2A card, one skill per capability, which its sidecar records.
+        wait_for("the demo agents' cards", lambda: http.get("/agents/cards").json()["count"] == len(DEMO_NAMES))
+        cards = {entry["name"]: entry["card"] for entry in http.get("/agents/cards").json()["cards"]}
+        for agent in DEMO_AGENTS:
+            assert [skill["id"] for skill in cards[agent.name]["skills"]] == list(agent.capabilities)
+            skill = agent.capabilities[0]
+            assert [a["name"] for a in http.get("/agents", params={"skill": skill}).json()["agents"]] == [agent.name]
 
 
 def check_all_stopped(run: LocalRun, state: dict[str, Any]) -> None:

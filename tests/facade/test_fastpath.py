@@ -17,6 +17,7 @@ import pytest
 from accounts import READER_RULES, Accounts
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import wait_for
+from cards import a2a_card
 from facade_harness import assert_error, unchanged_for
 from operator_harness import Agents
 
@@ -49,11 +50,14 @@ def test_every_fast_read_answers_as_the_routes_do(
         agents.heartbeat(name)
     agents.create("p", type="performance", capabilities=["tune"])
     agents.heartbeat("p", status="degraded")
+    agents.store_card("a", a2a_card("a", skills=("translate", "summarize")))
+    agents.store_card("b", a2a_card("b", skills=("translate",)))
     accounts.grant("reader", READER_RULES)
     with secured.client(token=accounts.token("reader")) as http:
         wait_for("the index", lambda: http.get("/agents").json().get("count") == 4)
         degraded = {"status": "degraded"}
         wait_for("p degraded", lambda: http.get("/agents", params=degraded).json()["count"] == 1)
+        wait_for("the skills", lambda: http.get("/agents", params={"skill": "translate"}).json()["count"] == 2)
         wait_for("the index to settle", lambda: unchanged_for(http, "/agents", 0.5))
         a = next(x for x in http.get("/agents").json()["agents"] if x["name"] == "a")
         reads: list[tuple[str, list[tuple[str, str]]]] = [
@@ -62,8 +66,12 @@ def test_every_fast_read_answers_as_the_routes_do(
             ("/agents", [("type", "cost"), ("capability", "tune"), ("capability", "scale")]),
             ("/agents", [("status", "degraded")]),
             ("/agents", [("namespace", namespace), ("type", "nothing")]),
+            ("/agents", [("skill", "translate")]),
+            ("/agents", [("skill", "translate"), ("skill", "summarize"), ("capability", "scale")]),
+            ("/agents", [("type", "cost"), ("skill", "nobody-has-it")]),
             ("/agents/healthy", []),
             ("/agents/healthy", [("capability", "tune")]),
+            ("/agents/healthy", [("capability", "tune"), ("skill", "translate")]),
             ("/agents/type/cost", []),
             ("/agents/type/performance", [("namespace", namespace)]),
             ("/agents/type/nobody", []),
@@ -81,6 +89,9 @@ def test_every_fast_read_answers_as_the_routes_do(
         assert fast.json()["metadata"] == {"zone": "eu-1"}
         listed = http.get("/agents", params={"type": "cost"}).json()
         assert [x["name"] for x in listed["agents"]] == ["a", "b", "c"] and listed["count"] == 3
+        both_skills = http.get("/agents", params=[("skill", "translate"), ("skill", "summarize")]).json()
+        assert [x["name"] for x in both_skills["agents"]] == ["a"]
+        assert both_skills["agents"][0]["skills"] == ["translate", "summarize"]
         assert http.get("/agents/route", params={"type": "cost", "capability": "scale"}).json()["name"] == "a"
 
     # Refusals, the same way: no token, a caller RBAC does not allow, an unknown id to that caller.

@@ -5,6 +5,10 @@ Modes: ``healthy`` (200 at once), ``slow`` (200 after ``slow_seconds``), ``error
 on the same port, as a restarted agent would. A 200 answers ``body``: any JSON value
 (the sidecar's health-body report, see ``agent_sidecar.probe``), or ``bytes`` as they are.
 
+``/.well-known/agent-card.json`` answers ``card`` the same way (404 while it is None), with
+an ETag of its bytes that a matching ``If-None-Match`` gets a 304 for, unless
+``card_etags`` is off; ``card_requests`` and ``card_not_modified`` count what it was asked.
+
     with FakeAgent() as agent:
         agent.url             # http://127.0.0.1:<port>/health
         agent.set_mode("slow")
@@ -13,6 +17,7 @@ on the same port, as a restarted agent would. A 200 answers ``body``: any JSON v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -22,6 +27,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 Mode = Literal["healthy", "slow", "error", "down"]
+CARD_PATH = "/.well-known/agent-card.json"
 
 
 class _Server(ThreadingHTTPServer):
@@ -40,6 +46,10 @@ class FakeAgent:
         self.body: Any = {"status": "healthy"}
         self.content_type = "application/json"
         self.requests = 0
+        self.card: Any = None
+        self.card_etags = True
+        self.card_requests = 0
+        self.card_not_modified = 0
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -48,11 +58,18 @@ class FakeAgent:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/health"
 
+    @property
+    def card_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{CARD_PATH}"
+
     def start(self) -> FakeAgent:
         agent = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == CARD_PATH:
+                    self._card()
+                    return
                 agent.requests += 1
                 if self.path != "/health":
                     self._answer(404, b'{"error": "not found"}')
@@ -64,8 +81,26 @@ class FakeAgent:
                     body = agent.body
                     self._answer(200, body if isinstance(body, bytes) else json.dumps(body).encode())
 
-            def _answer(self, code: int, body: bytes) -> None:
+            def _card(self) -> None:
+                agent.card_requests += 1
+                card = agent.card
+                if card is None:
+                    self._answer(404, b'{"error": "no card"}')
+                    return
+                body = card if isinstance(card, bytes) else json.dumps(card).encode()
+                etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+                if agent.card_etags and self.headers.get("If-None-Match") == etag:
+                    agent.card_not_modified += 1
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self._answer(200, body, {"ETag": etag} if agent.card_etags else {})
+
+            def _answer(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", agent.content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -9,6 +9,7 @@ from typing import Any
 from agent_registry.index import IndexedAgent, record_from_resource
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import Load
+from agent_registry.schema.card import StoredCard
 
 TTL = 120
 """The index TTL the tests' writer uses."""
@@ -49,5 +50,10 @@ def resource(
     }
 
 
-def record(name: str, *, load: Load | None = None, **kwargs: Any) -> IndexedAgent:
-    return record_from_resource(resource(name, **kwargs), load=load)
+def record(name: str, *, load: Load | None = None, card: dict[str, Any] | None = None, **kwargs: Any) -> IndexedAgent:
+    """The record of ``resource(name, ...)``; with ``card`` (an A2A card), the object stores it
+    and the record carries it, as the operator indexes a card it validated."""
+    stored = StoredCard.validated(card) if card is not None else None
+    if stored is not None:
+        kwargs["status"] = {**(kwargs.get("status") or {}), **stored.status_fields()}
+    return record_from_resource(resource(name, **kwargs), load=load, card=stored)

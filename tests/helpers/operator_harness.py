@@ -15,6 +15,7 @@ from agent_registry.localcluster.launcher import OperatorProcess
 from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
 from agent_registry.schema import lease
+from agent_registry.schema.card import StoredCard
 
 
 def key_prefix(namespace: str) -> str:
@@ -98,6 +99,10 @@ class Agents:
             }
         }
         self.api.merge_patch(self.path(name, "status"), body, timeout=timeout)
+
+    def store_card(self, name: str, card: dict[str, Any]) -> None:
+        """What the sidecar writes for a card it fetched and validated."""
+        self.api.merge_patch(self.path(name, "status"), {"status": StoredCard.validated(card).status_fields()})
 
     def renew(self, name: str, skew: timedelta = timedelta(0), timeout: float | None = None) -> None:
         """What a sidecar's heartbeat writes now: a renewal of the agent's Lease, created

@@ -415,7 +415,7 @@ async def test_cards_live_beside_the_records(writer: IndexWriter, reader: IndexR
     found = await reader.card(carded.id)
     assert found is not None
     assert found[0] == as_read_back(carded) and found[0].card_hash == carded.card_hash
-    assert found[1] == carded.card_json
+    assert carded.card_json is not None and found[1] == carded.card_json.decode()
     assert json.loads(found[1] or "")["name"] == "carded"
     assert await reader.card(plain.id) == (as_read_back(plain), None)
     assert await reader.card(str(uuid.uuid4())) is None
@@ -424,7 +424,7 @@ async def test_cards_live_beside_the_records(writer: IndexWriter, reader: IndexR
     assert raw is not None and "supportedInterfaces" not in raw
 
     catalogue = await reader.query_cards("team-a", status="healthy")
-    assert [(entry.listed.name, entry.card) for entry in catalogue] == [("carded", carded.card_json)]
+    assert [(entry.listed.name, entry.card) for entry in catalogue] == [("carded", found[1])]
     assert [entry.listed.name for entry in await reader.query_cards("team-a")] == ["carded", "sick"]
 
     # Re-indexed without a card: the card goes; removed: the card goes with the record.

@@ -161,6 +161,7 @@ def test_kubectl_prints_the_columns(controlplane: Any, namespace: str) -> None:
         "PORT",
         "CAPABILITIES",
         "VERSION",
+        "SKILLS",
         "AGENT-ID",
         "LAST-REPORT",
         "REACHABLE-SINCE",

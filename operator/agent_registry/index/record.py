@@ -52,9 +52,10 @@ class IndexedAgent(BaseModel):
     unreachable_after_seconds: int | None = None
     card_hash: str | None = None
     """The content hash of the agent's A2A card (``schema.card``), its ETag; None without a card."""
-    card_json: str | None = Field(default=None, exclude=True)
+    card_json: bytes | None = Field(default=None, exclude=True)
     """The card's canonical JSON, to write beside the record (the index's ``cards`` hash), never
-    inside it; so a record read back from the index has None here whatever its card."""
+    inside it; so a record read back from the index has None here whatever its card. The
+    operator's own copy of the card (``StoredCard.canonical``), not another one."""
 
     @model_validator(mode="after")
     def _usable_in_key_names(self) -> Self:
@@ -129,5 +130,5 @@ def record_from_resource(
         unreachable_after_seconds=timing.unreachable_after_seconds,
         load=load,
         card_hash=card.hash if card is not None else None,
-        card_json=card.canonical.decode() if card is not None else None,
+        card_json=card.canonical if card is not None else None,
     )

@@ -81,7 +81,7 @@ class IndexWriter(IndexReader):
                     record.id,
                     record.model_dump_json(),
                     k.memberships(record),
-                    record.card_json or "",
+                    record.card_json or b"",
                 ],
             )
         if not reached:
@@ -221,9 +221,9 @@ class Resync:
             for group in batched(batched(records, w.batch_size), 10):
                 pipe = w.redis.pipeline(transaction=False)
                 for batch in group:
-                    args: list[str | int] = [layout.generations, self.generation, w.lease_seconds]
+                    args: list[str | int | bytes] = [layout.generations, self.generation, w.lease_seconds]
                     for record in batch:
-                        args += [record.id, record.model_dump_json(), k.memberships(record), record.card_json or ""]
+                        args += [record.id, record.model_dump_json(), k.memberships(record), record.card_json or b""]
                     await w._load(keys=[layout.pending], args=args, client=pipe)
                 for result in await pipe.execute():
                     if result == -1:

@@ -36,14 +36,19 @@ MAX_SKILLS = 64
 MAX_SKILL_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 4096
 MAX_URL_LENGTH = 2048
+# Whitespace, spelled out: ``\s`` means three things to the three engines that read these
+# patterns (ASCII only to the API server's RE2; U+0085 too to pydantic-core's Rust regex;
+# U+FEFF too to JSON Schema's ECMAScript, which clients and fuzzers read the OpenAPI
+# document with), and a pattern must mean the same to all of them.
+_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # No whitespace: skill ids become parts of Redis key names and lines of the index's
-# membership entries. The same subset of regular expression syntax as the Agent schema's
-# patterns, read alike by the API server (RE2) and pydantic-core.
-SKILL_ID_PATTERN = r"^[^\s]+$"
+# membership entries.
+SKILL_ID_PATTERN = f"^[^{_WHITESPACE}]+$"
 # Absolute: a card names where its agent is reached, and a relative URL means nothing in a registry.
-URL_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s]+$"
+URL_PATTERN = f"^[A-Za-z][A-Za-z0-9+.-]*://[^{_WHITESPACE}]+$"
 
 SIZE_RULE = f"the card must serialize to at most {MAX_CARD_BYTES} bytes of canonical JSON"
+_OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
 # What a pattern means, for error messages: pydantic's own quotes the regular expression.
 _PATTERN_RULES = {
     SKILL_ID_PATTERN: f"must be 1 to {MAX_SKILL_ID_LENGTH} characters without whitespace",
@@ -192,6 +197,8 @@ def card_errors(exc: ValidationError) -> list[str]:
 
 def error_rule(error: Mapping[str, Any]) -> str:
     """The rule a pydantic error on a card breaks, in words (a pattern is named by what it means)."""
+    if error.get("type") in _OBJECT_ERRORS:
+        return "must be a JSON object"  # pydantic's words name a Python class the card's author never saw
     if error.get("type") == "string_pattern_mismatch":
         rule = _PATTERN_RULES.get(str((error.get("ctx") or {}).get("pattern")))
         if rule is not None:
