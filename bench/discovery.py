@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_registry.index import keys as k
-from agent_registry.index import scripts
+from agent_registry.index import reader, scripts
 from agent_registry.index.reader import connect
 from bench.fleet import LEASE, Fleet, Heartbeats, Timing, create_agent_leases, create_agents
 from bench.load import Recorder, closed_loop, fixed_rate, request, session, timed
@@ -113,9 +113,16 @@ def _floor(fleet: Fleet, redis: Any) -> dict[str, Once]:
     }
     if hasattr(scripts, "ROUTE"):  # a facade from before routing by the index has no route script
         route = redis.register_script(scripts.ROUTE)
-        counter = layout.route_counter(NAMESPACE, selective["type"], [selective["capability"]])
-        healthy = sets(selective["type"], [selective["capability"]], "healthy")
-        floor["route"] = timed_call(lambda: route(keys=[layout.current, counter], args=[gens, 3600, *healthy]))
+        wanted = [selective["capability"]]
+        counter = layout.route_counter(NAMESPACE, selective["type"], wanted)
+        keys = [layout.current, counter]
+        if hasattr(reader, "route_args"):  # a fresh seed per call, as the facade draws one per request
+            floor["route"] = timed_call(
+                lambda: route(keys=keys, args=reader.route_args(layout, NAMESPACE, selective["type"], wanted))
+            )
+        else:  # before routing by load, the script took the generations, the counter's TTL and the sets
+            healthy = sets(selective["type"], wanted, "healthy")
+            floor["route"] = timed_call(lambda: route(keys=keys, args=[gens, 3600, *healthy]))
     return floor
 
 
