@@ -1,6 +1,6 @@
-"""``python -m bench.routing`` end to end at a tiny size: both modes of every series run, the
-results hold the figures the tables print, and the picks under load follow the load. The
-figures themselves are the benchmark's business."""
+"""``python -m bench.routing`` and ``python -m bench.route_script`` end to end at a tiny size:
+both modes of every series run, the results hold the figures the tables print, and the
+picks under load follow the load. The figures themselves are the benchmarks' business."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 
 from repo import REPO_ROOT
 
-pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(900)]
 
 AGENTS = 40
 OPEN_RATE, SECONDS = 100, 2
 
 
+@pytest.mark.k8s
 def test_both_modes_are_measured_and_load_steers_the_picks(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_REGISTRY_")}
     args = ["--agents", str(AGENTS), "--seconds", str(SECONDS), "--rounds", "1", "--rate", str(OPEN_RATE)]
@@ -68,3 +69,24 @@ def test_both_modes_are_measured_and_load_steers_the_picks(tmp_path: Path) -> No
     table = (tmp_path / "smoke.md").read_text()
     assert f"| {AGENTS} | 1 | rr |" in table and f"| {AGENTS} | 1 | load |" in table
     assert "## A fleet of two speeds" in table
+
+
+def test_the_route_script_alone_is_timed_in_both_modes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_REGISTRY_")}
+    args = ["--agents", "50", "--calls", "50", "--rounds", "1", "--results-dir", str(tmp_path), "--name", "script"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.route_script", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run] = json.loads((tmp_path / "script.json").read_text())["runs"]
+    assert [s["mode"] for s in run["series"]] == ["rr", "load"]
+    for series in run["series"]:
+        assert series["us_per_call"] > 0 and "sinter" in series["commands_us_per_call"], series
+    assert "hincrby" in run["series"][1]["commands_us_per_call"]  # the load pick counts itself
+    assert run["load_vs_rr"] is not None
