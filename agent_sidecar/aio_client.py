@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from agent_registry.schema.card import AgentCard
 from agent_sidecar.client import (
     DEFAULT_ORCHESTRATOR_URL,
     DEFAULT_TIMEOUT_SECONDS,
@@ -109,6 +110,7 @@ class AsyncAgentRegistration(RegistrationProtocol, _AsyncRoute):
         status_provider: StatusProvider | None = None,
         load_provider: LoadProvider | None = None,
         capability_provider: CapabilityProvider | None = None,
+        agent_card: Mapping[str, Any] | AgentCard | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -127,6 +129,7 @@ class AsyncAgentRegistration(RegistrationProtocol, _AsyncRoute):
             status_provider=status_provider,
             load_provider=load_provider,
             capability_provider=capability_provider,
+            agent_card=agent_card,
         )
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._lock = asyncio.Lock()

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import CapabilityReport, Load, ReportedStatus
+from agent_registry.schema.card import AgentCard, card_errors
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class RegistrationProtocol(RegistryConnection):
         status_provider: StatusProvider | None = None,
         load_provider: LoadProvider | None = None,
         capability_provider: CapabilityProvider | None = None,
+        agent_card: Mapping[str, Any] | AgentCard | None = None,
     ) -> None:
         super().__init__(orchestrator_url, token=token, token_file=token_file, namespace=namespace, timeout=timeout)
         self.agent_name = agent_name
@@ -191,6 +193,7 @@ class RegistrationProtocol(RegistryConnection):
         self.status_provider = status_provider
         self.load_provider = load_provider
         self.capability_provider = capability_provider
+        self.agent_card = _checked_card(agent_card)
         self.agent_id: str | None = None
         self.registered_at: str | None = None
         self.heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL_SECONDS
@@ -209,6 +212,8 @@ class RegistrationProtocol(RegistryConnection):
         }
         if self.metadata:
             body["metadata"] = self.metadata
+        if self.agent_card is not None:
+            body["agent_card"] = self.agent_card
         return body
 
     def _current_status(self) -> str:
@@ -468,6 +473,7 @@ class AgentRegistration(RegistrationProtocol, _SyncRoute):
         status_provider: StatusProvider | None = None,
         load_provider: LoadProvider | None = None,
         capability_provider: CapabilityProvider | None = None,
+        agent_card: Mapping[str, Any] | AgentCard | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -486,6 +492,7 @@ class AgentRegistration(RegistrationProtocol, _SyncRoute):
             status_provider=status_provider,
             load_provider=load_provider,
             capability_provider=capability_provider,
+            agent_card=agent_card,
         )
         self._client = httpx.Client(timeout=timeout, transport=transport)
         self._lock = threading.Lock()
@@ -619,6 +626,18 @@ class AgentRegistration(RegistrationProtocol, _SyncRoute):
                 outcome = Outcome.FAILED
             failures = 0 if outcome is Outcome.OK else failures + 1
             delay = self._delay(outcome, failures)
+
+
+def _checked_card(card: Mapping[str, Any] | AgentCard | None) -> dict[str, Any] | None:
+    """The A2A card a registration carries, checked as the registry will check it: a
+    ValueError naming the field (``agent_card.skills[0].tags: ...``), and nothing sent."""
+    if card is None:
+        return None
+    try:
+        checked = card if isinstance(card, AgentCard) else AgentCard.model_validate(card)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"agent_card.{line}" for line in card_errors(exc))) from None
+    return checked.to_json()
 
 
 def _error_text(response: httpx.Response) -> str:

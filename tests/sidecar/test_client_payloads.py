@@ -13,10 +13,11 @@ import pytest
 
 from agent_registry.localcluster.process import free_port
 from agent_registry.schema.agent import CapabilityReport, Load, ReportedStatus
-from agent_registry.schema.rest import HeartbeatRequest
+from agent_registry.schema.rest import HeartbeatRequest, RegistrationRequest
 from agent_sidecar import AgentRegistration, RegistryClient
 from agent_sidecar.aio_client import AsyncAgentRegistration
 from agent_sidecar.client import BadQueryError, RegistryConnection, RegistryError
+from cards import a2a_card
 
 CAPABILITIES = ["spot_migration", "rightsizing"]
 
@@ -205,3 +206,22 @@ def test_route_without_a_registry_is_a_registry_error() -> None:
     with RegistryClient(nowhere, timeout=1) as registry, pytest.raises(RegistryError) as raised:
         registry.route("cost")
     assert raised.value.status is None
+
+
+def test_a_registration_may_carry_an_a2a_card_checked_before_it_is_sent() -> None:
+    card = a2a_card()
+    client = AgentRegistration("cost-1", "cost", "10.0.0.7", 8001, CAPABILITIES, agent_card=card)
+    body = client._registration_body()
+    client.close()
+    # The facade reads it with this model: what the client sends, it accepts.
+    parsed = RegistrationRequest.model_validate(body)
+    assert parsed.agent_card is not None and parsed.agent_card.skill_ids == ["rightsizing", "spot_migration"]
+    plain = AgentRegistration("cost-2", "cost", "10.0.0.7", 8001, CAPABILITIES)
+    assert "agent_card" not in plain._registration_body()  # the original body, unchanged
+    plain.close()
+    bad = a2a_card()
+    del bad["skills"][0]["tags"]
+    with pytest.raises(ValueError, match=r"agent_card\.skills\[0\]\.tags"):
+        AgentRegistration("cost-3", "cost", "10.0.0.7", 8001, CAPABILITIES, agent_card=bad)
+    with pytest.raises(ValueError, match=r"agent_card\.skills\[0\]\.tags"):
+        AsyncAgentRegistration("cost-4", "cost", "10.0.0.7", 8001, CAPABILITIES, agent_card=bad)
