@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import ssl
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from agent_registry.schema import constants as c
 from agent_registry.schema.card import SIZE_RULE, StoredCard, card_errors
+from agent_sidecar.probe import agent_connection, failure_detail
 
 # Far more than a card may be once reduced (32 KiB), for cards padded with whitespace or
 # fields the registry drops; a body beyond it is refused without being parsed.
@@ -66,25 +65,16 @@ class Fetched:
 
 def fetch_card(url: str, timeout: float, etag: str | None = None) -> Fetched:
     """GET the card at ``url``, conditionally when ``etag`` is known; never raises."""
-    parts = urlsplit(url)
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        # As the health probe: the agent's own endpoint inside its pod, not a peer to authenticate.
-        context = ssl._create_unverified_context()
-        connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=context)
-    else:
-        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    connection, target = agent_connection(url, timeout)
     headers = {"User-Agent": "agent-sidecar-card", "Accept": "application/json"}
     if etag:
         headers["If-None-Match"] = etag
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         connection.request("GET", target, headers=headers)
         response = connection.getresponse()
         body = response.read(MAX_FETCHED_BYTES + 1)
     except (OSError, http.client.HTTPException) as error:
-        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        return Fetched(problem=Problem(FETCH_FAILED, f"GET {url} got no answer ({detail})"))
+        return Fetched(problem=Problem(FETCH_FAILED, f"GET {url} got no answer ({failure_detail(error)})"))
     finally:
         connection.close()
     if response.status == 304 and etag:

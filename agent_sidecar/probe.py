@@ -81,17 +81,29 @@ class HealthBody(BaseModel):
     load: Load | None = None
 
 
-def probe(url: str, timeout: float, slow_after: float, capabilities: Collection[str] = ()) -> ProbeResult:
-    """GET ``url`` once and classify the answer; ``capabilities`` are those the agent declares."""
+def agent_connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A fresh connection to an endpoint of the agent's own (``url``), and the request target.
+
+    HTTPS is not verified, like the kubelet's probes: the agent's certificate is not what is
+    being checked, and the agent in its pod is not a peer to authenticate."""
     parts = urlsplit(url)
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
-        # Like the kubelet's probes: the agent's certificate is not what is being checked.
         context = ssl._create_unverified_context()
         connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=context)
     else:
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return connection, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def failure_detail(error: BaseException) -> str:
+    """A request that got no answer, in a few words (some errors have no message)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def probe(url: str, timeout: float, slow_after: float, capabilities: Collection[str] = ()) -> ProbeResult:
+    """GET ``url`` once and classify the answer; ``capabilities`` are those the agent declares."""
+    connection, target = agent_connection(url, timeout)
     started = time.monotonic()
     try:
         connection.request("GET", target, headers={"User-Agent": "agent-sidecar-probe", "Accept": "*/*"})
@@ -99,8 +111,7 @@ def probe(url: str, timeout: float, slow_after: float, capabilities: Collection[
         body = response.read(_MAX_BODY)
     except (OSError, http.client.HTTPException) as error:
         elapsed = time.monotonic() - started
-        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        return ProbeResult(ReportedStatus.UNHEALTHY, "no-answer", detail, elapsed)
+        return ProbeResult(ReportedStatus.UNHEALTHY, "no-answer", failure_detail(error), elapsed)
     finally:
         connection.close()
     elapsed = time.monotonic() - started
