@@ -126,7 +126,7 @@ def _floor(fleet: Fleet, redis: Any) -> dict[str, Once]:
     return floor
 
 
-async def _closed(
+async def closed_series(
     name: str, callers: int, seconds: float, once: Once, sampler: Sampler, profile: tuple[Path, int] | None = None
 ) -> dict[str, Any]:
     """``callers`` back to back for ``seconds``; with ``profile`` (a directory, a pid), py-spy
@@ -252,13 +252,13 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         facade_pid = stack.facade.pid if stack.facade is not None else None
         profile = (options.profile, facade_pid) if options.profile and facade_pid else None
         for name, once in reads.items():
-            series = await _closed(f"facade_{name}", options.callers, options.seconds, once, sampler, profile)
+            series = await closed_series(f"facade_{name}", options.callers, options.seconds, once, sampler, profile)
             result["closed_loop"][name] = series
             progress(f"  {name}: {series['throughput_per_s']}/s, p50 {series['p50_ms']} ms, p99 {series['p99_ms']} ms")
         redis = connect(stack.redis_url)
         result["floor"] = {}
         for name, once in _floor(fleet, redis).items():
-            series = await _closed(f"redis_{name}", options.callers, options.seconds, once, sampler)
+            series = await closed_series(f"redis_{name}", options.callers, options.seconds, once, sampler)
             result["floor"][name] = series
             progress(f"  floor {name}: {series['throughput_per_s']}/s, p50 {series['p50_ms']} ms")
         await redis.aclose()
@@ -428,6 +428,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate, req/s")
     parser.add_argument("--interval", type=int, default=30, help="agents' heartbeat interval, s")
     parser.add_argument("--registration-rate", type=float, default=5.0, help="registrations per second beside")
+    add_experiment_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser, name_help: str | None = None) -> None:
+    """What the discovery and routing benchmarks both take: extra facade settings, py-spy,
+    where the results go and their name."""
     parser.add_argument(
         "--facade-setting",
         action="append",
@@ -438,8 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the facade in each closed loop, into DIR")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    parser.add_argument("--name", default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--name", default=None, help=name_help)
 
 
 def main(argv: list[str] | None = None) -> int:

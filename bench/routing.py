@@ -45,13 +45,13 @@ from agent_registry.index import IndexReader, KeyLayout, connect, scripts
 from agent_registry.index.reader import route_args
 from agent_registry.localcluster import build
 from agent_registry.schema.agent import Load
-from bench.discovery import Once, _closed
+from bench.discovery import Once, add_experiment_arguments, closed_series
 from bench.fleet import create_agent_leases, create_agents
 from bench.load import Recorder, fixed_rate, request, session, timed
 from bench.procs import TICKS, Sampler
 from bench.routing_agents import AGENT_TYPE, SHARED_CAPABILITIES, TIMING, OneTypeFleet, Picks, switch
 from bench.routing_report import figures, markdown
-from bench.run import RESULTS, commit, machine, other_work, uncommitted
+from bench.run import commit, machine, other_work, uncommitted
 from bench.stack import CLIENT_ACCOUNT, KEY_PREFIX, Stack, progress
 from bench.taskfleet import MODES, FleetShape, run_fleet, until_index
 
@@ -198,12 +198,14 @@ async def one_round(
     picks = Picks(rig.fleet, loads)
     once = route_once(rig.facade, picks, lambda: ROUTE)
     entry["closed_loop"] = await observed(
-        rig.redis, _closed(f"{name}_closed", options.callers, options.seconds, once, sampler, rig.profile)
+        rig.redis, closed_series(f"{name}_closed", options.callers, options.seconds, once, sampler, rig.profile)
     )
     entry["closed_loop"]["picks"] = picks.summary()
     entry["floor"] = await observed(
         rig.redis,
-        _closed(f"{name}_floor", options.callers, options.seconds, route_in_redis(rig.redis, rig.fleet.n), sampler),
+        closed_series(
+            f"{name}_floor", options.callers, options.seconds, route_in_redis(rig.redis, rig.fleet.n), sampler
+        ),
     )
     return entry
 
@@ -238,7 +240,7 @@ async def measure_n(n: int, options: argparse.Namespace, sampler: Sampler) -> di
             # Half of what a short closed loop serves: an open loop near saturation measures
             # its queue, not the route.
             calibrate = route_once(rig.facade, Picks(rig.fleet, [None] * n), lambda: ROUTE)
-            calibration = await _closed(f"n{n}_calibration", options.callers, 5.0, calibrate, sampler)
+            calibration = await closed_series(f"n{n}_calibration", options.callers, 5.0, calibrate, sampler)
             rate = max(10.0, round(calibration["throughput_per_s"] / 2, -1))
             result["calibration"] = calibration
         result["open_loop_rate"] = rate
@@ -265,7 +267,9 @@ async def measure_n(n: int, options: argparse.Namespace, sampler: Sampler) -> di
 
         sticky = await observed(
             rig.redis,
-            _closed(f"n{n}_sticky", options.callers, options.seconds, route_once(rig.facade, picks, keyed), sampler),
+            closed_series(
+                f"n{n}_sticky", options.callers, options.seconds, route_once(rig.facade, picks, keyed), sampler
+            ),
         )
         result["sticky"] = {"mode": MODES[-1], "closed_loop": {**sticky, "picks": picks.summary()}}
         result["sticky"]["consistent"] = await sticky_consistent(rig.facade)
@@ -341,17 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fleet-heartbeat-seconds", type=float, default=1.0, help="workers' heartbeat period (default %(default)s)"
     )
-    parser.add_argument(
-        "--facade-setting",
-        action="append",
-        default=[],
-        type=lambda text: tuple(text.split("=", 1)),
-        metavar="FIELD=VALUE",
-        help="an extra facade setting by field name (for experiments)",
-    )
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the facade in each closed loop, into DIR")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    parser.add_argument("--name", default=None, help="file name without extension; default <date>-routing-...")
+    add_experiment_arguments(parser, name_help="file name without extension; default <date>-routing-...")
     return parser.parse_args(argv)
 
 
