@@ -7,7 +7,8 @@ heartbeats run as a task on the agent's event loop::
                                       orchestrator_url="http://agent-registry") as registration:
         await serve()
 
-``AsyncRegistryClient`` is ``RegistryClient`` for asyncio orchestrators: ``await route(...)``.
+``AsyncRegistryClient`` is ``RegistryClient`` for asyncio orchestrators: ``await route(...)``,
+``async for event in watch(...)``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from agent_registry.schema.card import AgentCard
+from agent_sidecar import watching
 from agent_sidecar.client import (
     DEFAULT_ORCHESTRATOR_URL,
     DEFAULT_TIMEOUT_SECONDS,
@@ -36,6 +38,7 @@ from agent_sidecar.client import (
     RegistrationProtocol,
     RegistryConnection,
     StatusProvider,
+    _check_watch_answer,
     _error_text,
 )
 
@@ -61,6 +64,44 @@ class _AsyncRoute(RegistryConnection):
         except (httpx.HTTPError, OSError) as exc:
             raise self._unanswered(exc) from exc
         return self._route_answer(response)
+
+    async def watch(
+        self,
+        agent_type: str | None = None,
+        capabilities: Iterable[str] = (),
+        *,
+        status: str | None = None,
+        skills: Iterable[str] = (),
+        namespace: str | None = None,
+        since: str | None = None,
+        idle_timeout: float = watching.IDLE_TIMEOUT_SECONDS,
+    ) -> AsyncIterator[watching.WatchEvent]:
+        """``GET /agents/watch`` as ``RegistryClient.watch``: ``async for event in client.watch(...)``."""
+        params = watching.watch_params(agent_type, capabilities, status, skills, namespace or self.namespace)
+        last_id, failures, retry_ms = since, 0, None
+        timeout = httpx.Timeout(self.timeout, read=idle_timeout)
+        while True:
+            headers = watching.resume_headers(self._headers(), last_id)
+            try:
+                async with self._client.stream(
+                    "GET", self._url("/agents/watch"), params=params, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        _check_watch_answer(response)
+                        failures += 1
+                    else:
+                        parser = watching.EventParser()
+                        async for line in response.aiter_lines():
+                            event = parser.feed(line)
+                            retry_ms = parser.retry_ms or retry_ms
+                            if event is not None:
+                                last_id, failures = event.id or last_id, 0
+                                yield event
+            except (httpx.HTTPError, OSError) as exc:
+                failures += 1
+                logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
+            await asyncio.sleep(watching.backoff_seconds(failures, retry_ms))
 
 
 class AsyncRegistryClient(_AsyncRoute):

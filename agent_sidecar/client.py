@@ -35,7 +35,8 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -46,6 +47,7 @@ from pydantic import ValidationError
 from agent_registry.schema import constants as c
 from agent_registry.schema.agent import CapabilityReport, Load, ReportedStatus
 from agent_registry.schema.card import AgentCard, card_errors
+from agent_sidecar import watching
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +416,65 @@ class _SyncRoute(RegistryConnection):
         except (httpx.HTTPError, OSError) as exc:
             raise self._unanswered(exc) from exc
         return self._route_answer(response)
+
+    def watch(
+        self,
+        agent_type: str | None = None,
+        capabilities: Iterable[str] = (),
+        *,
+        status: str | None = None,
+        skills: Iterable[str] = (),
+        namespace: str | None = None,
+        since: str | None = None,
+        idle_timeout: float = watching.IDLE_TIMEOUT_SECONDS,
+    ) -> Iterator[watching.WatchEvent]:
+        """``GET /agents/watch``: a snapshot of the agents the query matches (unless ``since``
+        names an event id to resume after), then one ``WatchEvent`` per change, for as long
+        as the caller iterates. Keep a map by agent id: ``removed`` takes the agent out,
+        ``relist`` empties it (a snapshot follows), every other event puts ``event.agent`` in.
+
+        Resumes by itself after a dropped connection, a stream the registry ended, 429 or
+        503, from the last event delivered. Raises ``BadQueryError`` for a query the registry
+        refuses (400) and ``RegistryError`` for 401, 403 and other answers that retrying
+        will not change.
+        """
+        params = watching.watch_params(agent_type, capabilities, status, skills, namespace or self.namespace)
+        last_id, failures, retry_ms = since, 0, None
+        timeout = httpx.Timeout(self.timeout, read=idle_timeout)
+        while True:
+            headers = watching.resume_headers(self._headers(), last_id)
+            try:
+                with self._client.stream(
+                    "GET", self._url("/agents/watch"), params=params, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        _check_watch_answer(response)
+                        failures += 1
+                    else:
+                        parser = watching.EventParser()
+                        for line in response.iter_lines():
+                            event = parser.feed(line)
+                            retry_ms = parser.retry_ms or retry_ms
+                            if event is not None:
+                                last_id, failures = event.id or last_id, 0
+                                yield event
+            except (httpx.HTTPError, OSError) as exc:
+                failures += 1
+                logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
+            time.sleep(watching.backoff_seconds(failures, retry_ms))
+
+
+def _check_watch_answer(response: httpx.Response) -> None:
+    """Raise for an answer to a watch that retrying will not change; return for one it may (429, 5xx)."""
+    status = response.status_code
+    if watching.retryable(status):
+        logger.warning("watch: HTTP %d %s; retrying", status, _error_text(response))
+        return
+    message = f"watch refused: HTTP {status} {_error_text(response)}"
+    if status == 400:
+        raise BadQueryError(message, 400)
+    raise RegistryError(message, status)
 
 
 class RegistryClient(_SyncRoute):

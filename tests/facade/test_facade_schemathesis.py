@@ -124,6 +124,10 @@ def test_openapi_contract_holds_for_generated_requests(
     headers = {"Authorization": f"Bearer {token}"}
     failures: list[str] = []
     for operation in operations:
+        if operation.path == "/agents/watch":
+            # A stream that does not end by design; its bad input is tested with the watch
+            # (tests/facade/test_facade_watch.py).
+            continue
         strategy = (
             operation.as_strategy(generation_mode=mode)
             .filter(not_an_integral_float_port)

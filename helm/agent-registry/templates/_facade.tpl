@@ -60,6 +60,14 @@
   value: {{ $facade.queryQueueSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_ROUTE_SEED
   value: {{ $facade.routeSeed | default "" | quote }}
+- name: AGENT_REGISTRY_FACADE_WATCH_MAX_OPEN
+  value: {{ $facade.watch.maxOpen | quote }}
+- name: AGENT_REGISTRY_FACADE_WATCH_KEEPALIVE_SECONDS
+  value: {{ $facade.watch.keepaliveSeconds | quote }}
+- name: AGENT_REGISTRY_FACADE_WATCH_BUFFER_EVENTS
+  value: {{ $facade.watch.bufferEvents | quote }}
+- name: AGENT_REGISTRY_FACADE_WATCH_MAX_SECONDS
+  value: {{ $facade.watch.maxSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_TIMEOUT_SECONDS
   value: {{ $facade.redis.timeoutSeconds | quote }}
 - name: AGENT_REGISTRY_FACADE_REDIS_RETRY_SECONDS

@@ -20,6 +20,7 @@ from typing import Any
 from agent_registry.controller import metrics
 from agent_registry.controller.settings import OperatorSettings
 from agent_registry.index import IndexedAgent, IndexLost, IndexUnavailable, IndexWriter, connect, record_from_resource
+from agent_registry.index.changes import ChangeKind, change_between, stronger
 from agent_registry.schema.agent import Load, Phase
 from agent_registry.schema.card import StoredCard
 from agent_registry.schema.rest import rest_status
@@ -41,6 +42,9 @@ class IndexSync:
         self.is_leader = is_leader
         self.records: dict[Key, IndexedAgent] = {}
         self._dirty: set[Key] = set()
+        # What watchers are to be told about each dirty agent (the change feed); an agent
+        # dirty only by heartbeats has none.
+        self._changes: dict[Key, ChangeKind] = {}
         self._removed: dict[Key, str] = {}
         self._full_needed = True
         self._wake = asyncio.Event()
@@ -65,18 +69,20 @@ class IndexSync:
         except ValueError as exc:
             logger.error("agent %s/%s cannot be indexed: %s", key[0], key[1], exc)
             return
-        if key not in self.records:
+        previous = self.records.get(key)
+        if previous is None:
             self._last_change = time.monotonic()
         self.records[key] = record
         self._removed.pop(key, None)
-        self._mark(key)
+        self._mark(key, change_between(previous, record))
 
     def set_phase(self, key: Key, phase: Phase) -> None:
         record = self.records.get(key)
         if record is not None:
             view = record.agent.model_copy(update={"status": rest_status(phase)})
-            self.records[key] = record.model_copy(update={"agent": view, "phase": phase})
-            self._mark(key)
+            updated = record.model_copy(update={"agent": view, "phase": phase})
+            self.records[key] = updated
+            self._mark(key, change_between(record, updated))
 
     def touch(self, key: Key, last_seen: datetime | None, load: Load | None = None) -> None:
         """A heartbeat seen elsewhere than on the Agent (a Lease renewal): ``last_seen`` moves,
@@ -91,6 +97,7 @@ class IndexSync:
     def drop(self, key: Key) -> None:
         record = self.records.pop(key, None)
         self._dirty.discard(key)
+        self._changes.pop(key, None)
         if record is not None and record.id:
             self._removed[key] = record.id
             self._wake.set()
@@ -99,8 +106,10 @@ class IndexSync:
         self._full_needed = True
         self._wake.set()
 
-    def _mark(self, key: Key) -> None:
+    def _mark(self, key: Key, change: ChangeKind | None = None) -> None:
         self._dirty.add(key)
+        if change is not None:
+            self._changes[key] = stronger(self._changes.get(key), change) or change
         self._wake.set()
 
     # --- the writer task ------------------------------------------------------------
@@ -165,6 +174,7 @@ class IndexSync:
                 connect(self.settings.redis_url),
                 prefix=self.settings.redis_key_prefix,
                 ttl_seconds=self.settings.index_ttl_seconds,
+                changes_kept=self.settings.index_changes_kept,
             )
         return self._writer
 
@@ -172,6 +182,7 @@ class IndexSync:
         started = time.monotonic()
         records = list(self.records.values())
         self._dirty.clear()
+        self._changes.clear()  # the new generation goes live with a relist
         self._removed.clear()
         self._full_needed = False
         try:
@@ -185,17 +196,20 @@ class IndexSync:
     async def _flush(self, writer: IndexWriter) -> None:
         removed, self._removed = self._removed, {}
         dirty, self._dirty = self._dirty, set()
+        changes, self._changes = self._changes, {}
         try:
             for agent_id in removed.values():
                 await writer.remove(agent_id)
             for key in dirty:
                 record = self.records.get(key)
                 if record is not None:
-                    await writer.upsert(record)
+                    await writer.upsert(record, changes.get(key))
         except BaseException:
             # Keep what was not written; the outage path rebuilds everything anyway.
             self._removed.update(removed)
             self._dirty |= dirty
+            for key, change in changes.items():
+                self._changes[key] = stronger(self._changes.get(key), change) or change
             raise
 
     async def close(self) -> None:

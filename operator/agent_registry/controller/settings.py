@@ -31,6 +31,12 @@ class OperatorSettings(BaseSettings):
     index_refresh_seconds: float = Field(default=60.0, gt=0)
     """How often TTLs are extended and the index checked for loss (FLUSHALL, restart)."""
 
+    index_changes_kept: int = Field(default=10_000, ge=100)
+    """About how many changes the change feed keeps (a Redis stream beside the index), so
+    a watch client (``GET /agents/watch``) that was disconnected can resume where it was;
+    one further behind lists again. Each entry holds the agent's record before and after
+    (about 2 KB), so the default costs about 20 MB of Redis memory at most."""
+
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     """How often silence is judged. Unreachable is detected within unreachable-after
     plus one sweep."""

@@ -1,15 +1,17 @@
 """Console entry point: ``agent-registry-facade`` (or ``python -m agent_registry.facade``).
 
-SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish within
-``shutdown_timeout_seconds``, closes the clients and exits 0.
+SIGTERM (or Ctrl-C) stops accepting connections, ends the watch streams, lets in-flight
+requests finish within ``shutdown_timeout_seconds``, closes the clients and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -17,6 +19,21 @@ from pydantic import ValidationError
 
 from agent_registry.facade.main import create_app
 from agent_registry.facade.settings import ENV_PREFIX, FacadeSettings
+
+
+class FacadeServer(uvicorn.Server):
+    """uvicorn's server, ending the watch streams as shutdown begins: uvicorn waits for open
+    responses to finish, and a watch would otherwise hold the shutdown for its whole timeout.
+    Their clients resume on another replica from their last event id."""
+
+    def __init__(self, config: uvicorn.Config, end_watches: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.end_watches = end_watches
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        with contextlib.suppress(AttributeError):  # before the app's start-up, no watches
+            self.end_watches()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every API-server call at INFO: one line per heartbeat.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep the logging set up above
@@ -53,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    def end_watches() -> None:
+        app.state.registry.watches.close()  # the registry exists once the app has started
+
+    server = FacadeServer(config, end_watches)
 
     def outside_uvicorn(signum: int, frame: FrameType | None) -> None:
         # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal it caught once

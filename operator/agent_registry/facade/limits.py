@@ -129,8 +129,13 @@ class QueryLimit:
 
 
 def _is_query(scope: Scope) -> bool:
+    # A watch stays open for minutes; it has a limit of its own (``watch_max_open``).
     path = str(scope.get("path", ""))
-    return scope.get("method") in ("GET", "HEAD") and (path == "/agents" or path.startswith("/agents/"))
+    return (
+        scope.get("method") in ("GET", "HEAD")
+        and (path == "/agents" or path.startswith("/agents/"))
+        and path != "/agents/watch"
+    )
 
 
 async def _answer(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:

@@ -74,6 +74,18 @@ QUERIES_REJECTED = Counter(
 INDEX_ERRORS = Counter(f"{_NS}_index_errors_total", "Reads the Redis index could not answer.", registry=REGISTRY)
 KUBE_ERRORS = Counter(f"{_NS}_kube_unavailable_total", "API-server calls that got no useful answer.", registry=REGISTRY)
 AUTH = Counter(f"{_NS}_auth_total", "Authentication and authorisation outcomes.", ["result"], registry=REGISTRY)
+WATCHES_OPEN = Gauge(f"{_NS}_watches_open", "Watch streams (GET /agents/watch) open.", registry=REGISTRY)
+WATCHES_REJECTED = Counter(
+    f"{_NS}_watches_rejected_total", "Watches answered 429: as many were open as allowed.", registry=REGISTRY
+)
+WATCHES_DROPPED = Counter(
+    f"{_NS}_watches_dropped_total",
+    "Watch streams ended because their client took in changes too slowly (it resumes with Last-Event-ID).",
+    registry=REGISTRY,
+)
+WATCH_CHANGES = Counter(
+    f"{_NS}_watch_changes_total", "Changes read from the change feed, by kind.", ["kind"], registry=REGISTRY
+)
 DEPENDENCY_UP = Gauge(
     f"{_NS}_dependency_up",
     "Whether a dependency answered the last readiness check.",

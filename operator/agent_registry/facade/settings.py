@@ -106,6 +106,22 @@ class FacadeSettings(BaseSettings):
     query_queue_seconds: float = Field(default=1.0, gt=0, le=60)
     """How long a read may wait for its turn before it is answered 429."""
 
+    watch_max_open: int = Field(default=1000, ge=0)
+    """Watch streams (``GET /agents/watch``) this process keeps open at once; one more is
+    answered 429. Each costs about 30 KB (docs/performance.md)."""
+
+    watch_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
+    """A quiet stream gets a comment this often, so proxies and clients see it alive. A
+    client that takes no data for this long is taken for gone and its stream ended."""
+
+    watch_buffer_events: int = Field(default=1000, ge=1)
+    """Changes that may wait for one watch's client; a client further behind is too slow and
+    its stream is ended (it resumes from its last event id, losing nothing the feed still holds)."""
+
+    watch_max_seconds: float = Field(default=1800.0, gt=0)
+    """Each stream ends after about this long (±10%) and the client resumes, so a token whose
+    RBAC was revoked stops receiving within this time, as Kubernetes ends its own watches."""
+
     route_seed: int | None = None
     """Seeds the random draws of load-aware routing (``GET /agents/route``), so a test or a
     benchmark can repeat its picks. Unset: fresh randomness per process, which replicas

@@ -23,8 +23,10 @@ from agent_registry.facade.reads import IndexAccess, Reads
 from agent_registry.facade.recent import RecentWrites
 from agent_registry.facade.routing import RoundRobin
 from agent_registry.facade.settings import FacadeSettings
+from agent_registry.facade.watch import WAIT_SECONDS, WatchHub
 from agent_registry.facade.writes import Writes
 from agent_registry.index import IndexReader, IndexUnavailable
+from agent_registry.index.changes import ChangeFeed
 from agent_registry.index.reader import RedisClient
 from agent_registry.kubeapi import StatusError, Unavailable
 
@@ -53,8 +55,28 @@ def redis_client(settings: FacadeSettings) -> RedisClient:
     return client
 
 
+def waiting_redis_client(settings: FacadeSettings) -> RedisClient:
+    """The change feed's blocking reads (``WatchHub``): one connection, whose socket
+    timeout outlasts the read's own wait."""
+    timeout = settings.redis_timeout_seconds
+    client: RedisClient = Redis.from_url(
+        settings.redis_url,
+        max_connections=2,
+        socket_timeout=timeout + WAIT_SECONDS,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+    )
+    return client
+
+
 class Registry:
-    def __init__(self, settings: FacadeSettings, kube: Kube, reader: IndexReader | None) -> None:
+    def __init__(
+        self,
+        settings: FacadeSettings,
+        kube: Kube,
+        reader: IndexReader | None,
+        waiting: RedisClient | None = None,
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.reader = reader
@@ -64,13 +86,20 @@ class Registry:
         self.reads = Reads(kube, self.index, self.recent, RoundRobin(), random.Random(settings.route_seed))
         self.cards = CardReads(self.reads)
         self.writes = Writes(kube, self.auth, self.recent, settings)
+        self.waiting = waiting
+        feed = None if reader is None else ChangeFeed(reader.redis, reader.layout, waiting)
+        self.watches = WatchHub(feed, max_open=settings.watch_max_open, buffer_events=settings.watch_buffer_events)
 
     @classmethod
     def from_settings(cls, settings: FacadeSettings) -> Registry:
         kube = Kube(kubeapi.load(settings.kubeconfig), settings.kube_timeout_seconds)
-        return cls(settings, kube, IndexReader(redis_client(settings), prefix=settings.redis_key_prefix))
+        reader = IndexReader(redis_client(settings), prefix=settings.redis_key_prefix)
+        return cls(settings, kube, reader, waiting_redis_client(settings))
 
     async def aclose(self) -> None:
+        await self.watches.aclose()
+        if self.waiting is not None:
+            await self.waiting.aclose()
         await self.kube.aclose()
         if self.reader is not None:
             redis: Any = self.reader.redis

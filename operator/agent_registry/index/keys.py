@@ -7,6 +7,7 @@ complete new index beside the live one and switch to it in one step::
     <p>:current                       string  id of the live generation (the pointer)
     <p>:pending                       set     ids of generations a resync is building
     <p>:rr:<scope>:<type>:<caps>      string  a routing question's round-robin counter (expires)
+    <p>:changes                       stream  change feed watchers read (``changes``), capped, expiring with the index
     <p>:g:<gen>:meta                  hash    marker: agents (record count), state, created
     <p>:g:<gen>:rec                   hash    agent id -> IndexedAgent JSON
     <p>:g:<gen>:names                 hash    "<namespace>/<name>" -> agent id
@@ -89,6 +90,11 @@ class KeyLayout:
     @property
     def pending(self) -> str:
         return f"{self.root}:pending"
+
+    @property
+    def changes(self) -> str:
+        """The change feed (``changes``): outside the generations, so a resync does not cut it."""
+        return f"{self.root}:changes"
 
     @property
     def generations(self) -> str:

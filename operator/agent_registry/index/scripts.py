@@ -79,6 +79,19 @@ local function put(base, ttl, id, record, membership, card, expired)
   end
 end
 
+-- The change feed (``changes``): one entry per change, capped near `kept` entries.
+-- It expires with the index (a stopped operator leaves neither behind for ever).
+local function record_change(stream, kept, ttl, kind, id, old, new)
+  redis.call('XADD', stream, 'MAXLEN', '~', kept, '*', 'kind', kind, 'id', id, 'old', old or '', 'new', new or '')
+  redis.call('EXPIRE', stream, ttl)
+end
+
+-- The agent's record in the live generation (what watchers were told last), or false.
+local function live_record(reached, id)
+  if #reached > 0 and not reached[1][3] then return redis.call('HGET', reached[1][1] .. REC, id) end
+  return false
+end
+
 local function drop(base, id)
   leave_old(base, id, {})
   redis.call('HDEL', base .. MEM, id)
@@ -117,31 +130,47 @@ local function mark_touched(target, id)
 end
 """
 
-# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id, record JSON, memberships,
-# card JSON ('' for none). Returns how many generations it reached (0: there is no index).
+# KEYS: current, pending, the change feed. ARGV: generations prefix, ttl, lease, id, record
+# JSON, memberships, card JSON ('' for none), the change's kind ('' for a heartbeat that
+# changed nothing a watcher sees), entries the feed keeps.
+# Returns how many generations it reached (0: there is no index).
+# The feed gets an entry only for a change to the live generation: a resync's generation
+# goes live with a relist (COMMIT). An agent the live generation lacks is new to watchers
+# whatever the operator thought.
 UPSERT: Final = (
     _PRELUDE
     + _WRITE_HELPERS
     + """
 local reached = targets(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+local old = live_record(reached, ARGV[4])
 for _, target in ipairs(reached) do
   put(target[1], target[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], {})
   mark_touched(target, ARGV[4])
+end
+if #reached > 0 and not reached[1][3] then
+  if not old then
+    record_change(KEYS[3], ARGV[9], ARGV[2], 'registered', ARGV[4], '', ARGV[5])
+  elseif ARGV[8] ~= '' then
+    record_change(KEYS[3], ARGV[9], ARGV[2], ARGV[8], ARGV[4], old, ARGV[5])
+  end
 end
 return #reached
 """
 )
 
-# KEYS: current, pending. ARGV: generations prefix, ttl, lease, id.
+# KEYS: current, pending, the change feed. ARGV: generations prefix, ttl, lease, id, entries
+# the feed keeps.
 REMOVE: Final = (
     _PRELUDE
     + _WRITE_HELPERS
     + """
 local reached = targets(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+local old = live_record(reached, ARGV[4])
 for _, target in ipairs(reached) do
   drop(target[1], ARGV[4])
   mark_touched(target, ARGV[4])  -- a tombstone: the snapshot must not bring the agent back
 end
+if old then record_change(KEYS[3], ARGV[5], ARGV[2], 'removed', ARGV[4], old, '') end
 return #reached
 """
 )
@@ -168,10 +197,13 @@ return loaded
 """
 )
 
-# KEYS: current, pending. ARGV: generations prefix, gen, ttl.
-# Returns 1, or -1 when the resync's lease ran out (changes may have missed it).
+# KEYS: current, pending, the change feed. ARGV: generations prefix, gen, ttl, entries the
+# feed keeps. Returns 1, or -1 when the resync's lease ran out (changes may have missed it).
+# The new generation may differ from the old in ways the feed never recorded (it was
+# built from a listing), so watchers are told to list again.
 COMMIT: Final = (
     _PRELUDE
+    + _WRITE_HELPERS
     + """
 local base = ARGV[1] .. ARGV[2] .. ':'
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 or redis.call('EXISTS', base .. META) == 0 then
@@ -182,6 +214,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('HSET', base .. META, 'state', 'live')
 redis.call('EXPIRE', base .. META, ARGV[3])
 redis.call('UNLINK', base .. TOUCHED)
+record_change(KEYS[3], ARGV[4], ARGV[3], 'relist', '', '', '')
 return 1
 """
 )

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from agent_registry.index import keys as k
 from agent_registry.index import scripts
+from agent_registry.index.changes import DEFAULT_CHANGES_KEPT, ChangeKind
 from agent_registry.index.errors import IndexLost, IndexUnavailable, translated_errors
 from agent_registry.index.reader import IndexReader, RedisClient, text
 from agent_registry.index.record import IndexedAgent
@@ -49,15 +50,17 @@ class IndexWriter(IndexReader):
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         resync_timeout_seconds: int = DEFAULT_RESYNC_TIMEOUT_SECONDS,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        changes_kept: int = DEFAULT_CHANGES_KEPT,
     ) -> None:
-        if ttl_seconds < 1 or resync_timeout_seconds < 1 or batch_size < 1:
-            raise ValueError("ttl_seconds, resync_timeout_seconds and batch_size must be positive")
+        if min(ttl_seconds, resync_timeout_seconds, batch_size, changes_kept) < 1:
+            raise ValueError("ttl_seconds, resync_timeout_seconds, batch_size and changes_kept must be positive")
         super().__init__(redis, prefix=prefix)
         self.ttl_seconds = ttl_seconds
         # Keys of a generation being built live at least as long as the resync may take,
         # so a slow listing cannot let the first batches expire before the switch.
         self.lease_seconds = max(resync_timeout_seconds, ttl_seconds)
         self.batch_size = batch_size
+        self.changes_kept = changes_kept
         self._upsert = redis.register_script(scripts.UPSERT)
         self._remove = redis.register_script(scripts.REMOVE)
         self._load = redis.register_script(scripts.LOAD)
@@ -65,15 +68,19 @@ class IndexWriter(IndexReader):
         self._collect = redis.register_script(scripts.COLLECT)
         self._background: set[asyncio.Task[int]] = set()
 
-    async def upsert(self, record: IndexedAgent) -> None:
+    async def upsert(self, record: IndexedAgent, change: ChangeKind | None = ChangeKind.UPDATED) -> None:
         """Write one agent and move it between sets atomically.
+
+        ``change`` is what the change feed (``changes``) records: None for a heartbeat that
+        changed nothing a watcher sees. An agent the live index lacks is recorded as
+        registered whatever ``change`` says.
 
         Raises ``IndexLost`` when there is no index to write into (and no resync building
         one): the change is not lost, the resync the operator runs next lists it.
         """
         with translated_errors():
             reached = await self._upsert(
-                keys=[self.layout.current, self.layout.pending],
+                keys=[self.layout.current, self.layout.pending, self.layout.changes],
                 args=[
                     self.layout.generations,
                     self.ttl_seconds,
@@ -82,6 +89,8 @@ class IndexWriter(IndexReader):
                     record.model_dump_json(),
                     k.memberships(record),
                     record.card_json or b"",
+                    change.value if change is not None else "",
+                    self.changes_kept,
                 ],
             )
         if not reached:
@@ -91,8 +100,8 @@ class IndexWriter(IndexReader):
         """Remove one agent from the record and every set, atomically. ``IndexLost`` as for upsert."""
         with translated_errors():
             reached = await self._remove(
-                keys=[self.layout.current, self.layout.pending],
-                args=[self.layout.generations, self.ttl_seconds, self.lease_seconds, agent_id],
+                keys=[self.layout.current, self.layout.pending, self.layout.changes],
+                args=[self.layout.generations, self.ttl_seconds, self.lease_seconds, agent_id, self.changes_kept],
             )
         if not reached:
             raise IndexLost("no index to write into; run a full resync")
@@ -176,7 +185,12 @@ class IndexWriter(IndexReader):
     async def _expire_generation(self, gen: str) -> None:
         layout = self.layout
         set_keys = await self.redis.smembers(layout.key(gen, k.KEY_REGISTRY))
-        keys = [layout.current, *(layout.key(gen, suffix) for suffix in k.FIXED_KEYS), *map(text, set_keys)]
+        keys = [
+            layout.current,
+            layout.changes,
+            *(layout.key(gen, suffix) for suffix in k.FIXED_KEYS),
+            *map(text, set_keys),
+        ]
         for chunk in batched(keys, self.batch_size):
             pipe = self.redis.pipeline(transaction=False)
             for key in chunk:
@@ -236,7 +250,8 @@ class Resync:
         w = self.writer
         with translated_errors():
             result = await w._commit(
-                keys=[w.layout.current, w.layout.pending], args=[w.layout.generations, self.generation, w.ttl_seconds]
+                keys=[w.layout.current, w.layout.pending, w.layout.changes],
+                args=[w.layout.generations, self.generation, w.ttl_seconds, w.changes_kept],
             )
             if result == -1:
                 raise IndexUnavailable(_RESYNC_GONE)

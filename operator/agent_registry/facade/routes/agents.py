@@ -1,8 +1,8 @@
 """``/agents``: the original registry's routes, unchanged, plus filters, healthy agents,
 routing and agents' A2A cards.
 
-Static routes come before ``/agents/{agent_id}`` so that ``/agents/healthy`` and
-``/agents/cards`` are not read as ids.
+Static routes come before ``/agents/{agent_id}`` so that ``/agents/healthy``,
+``/agents/cards`` and ``/agents/watch`` are not read as ids.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from agent_registry.facade.deps import (
 )
 from agent_registry.facade.errors import documented, not_found
 from agent_registry.facade.models import UNREGISTERED, MessageResponse
+from agent_registry.facade.watch import WatchFilter, open_watch
+from agent_registry.index.changes import POSITION_PATTERN
 from agent_registry.schema import constants as c
 from agent_registry.schema.card import MAX_SKILL_ID_LENGTH, MAX_SKILLS, AgentCard
 from agent_registry.schema.rest import (
@@ -133,6 +135,52 @@ async def agent_cards(
     skills: SkillFilter = [],  # noqa: B006
 ) -> Response:
     return _list(request, await registry.cards.catalogue_json(namespace, agent_type, capabilities, skills))
+
+
+@router.get(
+    "/watch",
+    summary="Changes to the agents a query matches, as Server-Sent Events: a snapshot, then one event per change",
+    response_class=Response,
+    responses={
+        200: {
+            "description": (
+                "`text/event-stream`. Unless resuming: `event: snapshot` (the list answer). Then `registered`, "
+                "`updated`, `phase` (with `previous_status`) and `removed` (with `deleted`: false when the agent "
+                'only stopped matching), each `{"type", "agent"}` with an `id:` to resume from; `relist` '
+                "(drop what you hold, a snapshot follows); `: keep-alive` comments. Heartbeats that change "
+                "nothing else are not events."
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **documented(400, 401, 403, 429, 503),
+    },
+)
+async def watch_agents(
+    request: Request,
+    registry: RegistryDep,
+    _: MayList,
+    namespace: NamespaceDep,
+    agent_type: TypeFilter = None,
+    capabilities: CapabilityFilter = [],  # noqa: B006
+    status: StatusFilter = None,
+    skills: SkillFilter = [],  # noqa: B006
+    since: Annotated[
+        str | None,
+        Query(
+            pattern=POSITION_PATTERN,
+            description="Resume after this event id instead of starting with a snapshot (as the `Last-Event-ID` "
+            "header does; the header wins).",
+        ),
+    ] = None,
+) -> Response:
+    view = WatchFilter(namespace, agent_type, tuple(capabilities), status, tuple(skills))
+
+    async def snapshot() -> bytes:
+        return await registry.reads.query_json(namespace, agent_type, capabilities, status, skills)
+
+    return await open_watch(
+        registry.watches, registry.settings, view, snapshot, request.headers.get("last-event-id"), since
+    )
 
 
 @router.get(
