@@ -158,16 +158,17 @@ class ChangeFeed:
         last = _info_position(info, "last-generated-id")
         if last is not None and since > last:
             return f"position {since} is not in this change history (it ends at {last})"
-        if "max-deleted-entry-id" in info:  # Redis 7.0 and later: 0-0 when nothing was trimmed
-            deleted = _info_position(info, "max-deleted-entry-id")
-            if deleted is not None and deleted > since:
-                return f"the changes after {since} are no longer kept (the history starts after {deleted})"
-            return None
-        # Redis before 7.0 does not say what it trimmed: a gap is possible once the oldest kept
-        # entry is newer than the position.
-        first = info.get("first-entry")
-        if first and _change_position(first[0]) > since and since != START:
-            return f"the changes after {since} may no longer be kept"
+        # Trimming is not recorded entry by entry (max-deleted-entry-id counts only XDEL), but
+        # every trimmed entry is older than the oldest kept one: a position before that one
+        # may have missed some, unless nothing was ever trimmed.
+        length = int(info.get("length", 0))
+        added = info.get("entries-added")
+        trimmed = added is None or int(added) > length
+        first = _info_position(info, "recorded-first-entry-id") if length else None
+        if first is None and length:
+            first = _change_position(info["first-entry"][0])
+        if trimmed and since != last and (first is None or since < first):
+            return f"the changes after {since} are no longer kept (the oldest kept is {first or 'none'})"
         return None
 
     async def after(self, since: Position, count: int = 500) -> list[Change]:
