@@ -29,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 .PHONY: deps
-deps: $(VENV)/.installed system-deps ## Install Python deps into .venv and Debian packages (redis-server)
+deps: $(VENV)/.installed system-deps ## Install Python deps into .venv and Debian packages (redis-server, chromium, chromium-driver)
 
 .PHONY: system-deps
-system-deps: ## Install Debian packages the tests need (redis-server), if missing
+system-deps: ## Install Debian packages the tests need (redis-server, chromium, chromium-driver), if missing
 	@bash hack/ensure-system-deps.sh
 
 .PHONY: controlplane

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite needs, only when they are missing.
+# Install the Debian packages the test suite needs (redis-server, chromium, chromium-driver),
+# only when they are missing.
 set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The dashboard's browser test (tests/ui/): headless Chromium and its WebDriver, from Debian.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

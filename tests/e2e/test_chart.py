@@ -307,6 +307,7 @@ FACADE_AGENT_RULES = {(AGENTS, "agents", v) for v in ("get", "list", "create", "
     (AGENTS, "agents/status", "patch"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "patch"),
+    ("", "events", "list"),  # GET /agents/{id}/events
 }
 FACADE_AUTH_RULES = {
     ("authentication.k8s.io", "tokenreviews", "create"),

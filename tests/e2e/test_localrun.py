@@ -147,6 +147,7 @@ def test_make_run_starts_everything_and_ctrl_c_stops_everything(
     assert agent_phases(binaries, state["kubeconfig"], state["namespace"]) == dict.fromkeys(DEMO_NAMES, "Healthy")
     output = run.output()
     assert "Agent Registry is running" in output and f"export KUBECONFIG={state['kubeconfig']}" in output
+    assert f"dashboard    {state['api_url']}/ui" in output
     assert "1/7" in output  # progress is shown
 
     assert run.interrupt() == 0

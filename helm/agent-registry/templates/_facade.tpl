@@ -21,6 +21,11 @@
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["create", "patch"]
+# Application: GET /agents/{id}/events lists the Events about one agent (the dashboard's
+# detail panel), selected by the involved object; read only, for whoever may read the agent.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- end }}
 
 {{- define "agent-registry.facadeEnv" -}}

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         lifespan="on",
     )
+
     def end_watches() -> None:
         app.state.registry.watches.close()  # the registry exists once the app has started
 

@@ -1,4 +1,4 @@
-"""The facade's calls to the API server: Agent objects and their Leases, TokenReview,
+"""The facade's calls to the API server: Agent objects, their Leases and Events, TokenReview,
 SubjectAccessReview.
 
 Thin verbs over the one client layer's asynchronous transport (``agent_registry.kubeapi``):
@@ -67,6 +67,18 @@ class Kube:
 
     async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self.api.create(paths.leases(namespace), body, params=_MANAGED)
+
+    # --- Events about agents -------------------------------------------------------------
+
+    async def list_agent_events(self, namespace: str, name: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The core/v1 Events about one Agent object, selected by the API server.
+
+        With ``uid``, only that object's: an Agent deleted and created again under the same
+        name is another object, and the Events of the one before are not about this one."""
+        selector = f"involvedObject.kind={c.KIND},involvedObject.name={name}"
+        if uid:
+            selector += f",involvedObject.uid={uid}"
+        return await self.api.list(paths.events(namespace), field_selector=selector)
 
     async def ping(self, namespace: str) -> None:
         """Proves what the facade needs: the API server answers, the CRD exists, RBAC lets it list."""

@@ -15,7 +15,7 @@ from agent_registry.facade import errors, metrics
 from agent_registry.facade.fastpath import FastReads
 from agent_registry.facade.limits import BodySizeLimit, QueryLimit
 from agent_registry.facade.metrics import MetricsMiddleware
-from agent_registry.facade.routes import agents, health
+from agent_registry.facade.routes import agents, events, health, ui
 from agent_registry.facade.routes import metrics as metrics_route
 from agent_registry.facade.settings import FacadeSettings
 from agent_registry.facade.state import Registry
@@ -79,6 +79,8 @@ def create_app(settings: FacadeSettings | None = None, registry: Registry | None
     errors.install(app)
     app.include_router(health.router)
     app.include_router(agents.router)
+    app.include_router(events.router)
+    app.include_router(ui.router)
     if not settings.metrics_port:
         app.include_router(metrics_route.router)
     # Added last runs first: metrics see every answer, including the limits' 413 and 429;

@@ -27,3 +27,20 @@ class ReadyResponse(BaseModel):
     )
     checks: dict[str, DependencyCheck]
     timestamp: datetime
+
+
+class AgentEvent(BaseModel):
+    """A Kubernetes Event about an agent, as ``kubectl describe agent`` lists them."""
+
+    type: str = Field(description="Normal or Warning.")
+    reason: str = Field(description="A word for what happened: Registered, Unreachable, Recovered, Degraded, ...")
+    message: str
+    count: int = Field(description="How often it happened between first_seen and last_seen.")
+    first_seen: datetime | None
+    last_seen: datetime | None
+    source: str = Field(description="The component that reported it (agent-registry-operator, ...).")
+
+
+class AgentEventList(BaseModel):
+    events: list[AgentEvent] = Field(description="Newest first.")
+    count: int

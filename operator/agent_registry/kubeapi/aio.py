@@ -98,10 +98,12 @@ class AsyncApi:
         except errors.NotFound:
             return None
 
-    async def list(self, path: str, label_selector: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    async def list(
+        self, path: str, label_selector: str | None = None, *, field_selector: str | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         """Every item, in pages, so 10,000 objects are not one response."""
         items: list[dict[str, Any]] = []
-        params: dict[str, str] | None = wire.first_page(label_selector)
+        params: dict[str, str] | None = wire.first_page(label_selector, field_selector)
         while params is not None:
             page = await self.request("GET", path, params=params, **kwargs)
             items.extend(page.get("items") or [])

@@ -118,9 +118,11 @@ class SyncApi:
         except errors.NotFound:
             return None
 
-    def list(self, path: str, label_selector: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    def list(
+        self, path: str, label_selector: str | None = None, *, field_selector: str | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        params: dict[str, str] | None = wire.first_page(label_selector)
+        params: dict[str, str] | None = wire.first_page(label_selector, field_selector)
         while params is not None:
             page = self.request("GET", path, params=params, **kwargs)
             items.extend(page.get("items") or [])

@@ -48,10 +48,12 @@ LIST_PAGE = 500
 """Items per page of a LIST, so 10,000 objects are not one response."""
 
 
-def first_page(label_selector: str | None) -> dict[str, str]:
+def first_page(label_selector: str | None, field_selector: str | None = None) -> dict[str, str]:
     params = {"limit": str(LIST_PAGE)}
     if label_selector:
         params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
     return params
 
 

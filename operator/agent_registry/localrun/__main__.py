@@ -84,6 +84,7 @@ def _banner(endpoints: Endpoints) -> str:
             f"  REST API     {endpoints.api_url}",
             f"               curl {endpoints.api_url}/agents",
             f"               curl {endpoints.api_url}/docs   (OpenAPI)",
+            f"  dashboard    {endpoints.api_url}/ui   (in a browser; no token needed: authentication is off)",
         ]
     else:
         lines += ["  REST API     not started (the facade is not installed)"]
