@@ -256,3 +256,27 @@ def test_shutdown_ends_open_watches_instead_of_waiting_for_them(
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_heartbeat_times_come_in_batches_to_a_watch_that_asks_for_them(
+    operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
+) -> None:
+    facade = make_facade(timings=FAST_TIMINGS, watch_keepalive_seconds=0.5)
+    with facade.client() as http:
+        agent_id = register(http, "beating-agent")
+        wait_indexed(http, "beating-agent")
+        with Stream(facade.url, {"heartbeats": "true"}) as asking, Stream(facade.url) as plain:
+            assert asking.next().type == "snapshot" and plain.next().type == "snapshot"
+            first = asking.until(lambda event: event.type == "heartbeats")
+            assert first.id is None and set(first.data["last_seen"]) == {agent_id}
+            for _ in range(4):
+                heartbeat(http, agent_id)
+                time.sleep(0.5)
+            later = asking.until(
+                lambda event: (
+                    event.type == "heartbeats" and event.data["last_seen"][agent_id] > first.data["last_seen"][agent_id]
+                )
+            )
+            assert later.id is None
+            assert not [event for event in plain.drain(1.0) if event.type == "heartbeats"]
+            assert plain.comments > 0  # keep-alives instead

@@ -19,6 +19,11 @@ A stream, as a client sees it::
 
     : keep-alive
 
+With ``?heartbeats=true`` the stream also carries ``event: heartbeats`` every keep-alive
+period, ``{"last_seen": {"<id>": "<time>", ...}}`` for the agents the query matches: the
+times that moved without a change (one list read per period and watch, so it is for the
+few watches that show them, such as the dashboard).
+
 ``removed`` also says ``"deleted"``: true when the agent is gone, false when it no longer
 matches the watch's filters. ``relist`` (no id) means the client must drop what it holds;
 a new ``snapshot`` follows. A client resumes with ``Last-Event-ID`` (or ``?since=``); one
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -93,6 +99,17 @@ def event(kind: str, data: bytes, position: Position | None = None) -> bytes:
 
 def relist_event(reason: str) -> bytes:
     return event(ChangeKind.RELIST, wire_json({"reason": reason}))
+
+
+def heartbeats_event(list_body: bytes) -> bytes:
+    """``event: heartbeats``: each agent's ``last_seen`` from a list answer (``{"agents": [...]}``).
+
+    Heartbeats that change nothing else are not changes (``index.changes``); a watch that
+    asks for them (a dashboard showing when each agent was last heard) gets them in batches
+    instead, one every keep-alive period, with no id: they are not resumed."""
+    agents = json.loads(list_body).get("agents") or []
+    seen = {agent["id"]: agent["last_seen"] for agent in agents if agent.get("last_seen")}
+    return event("heartbeats", wire_json({"last_seen": seen}))
 
 
 def encoded(change: Change, view: WatchFilter) -> bytes | None:
@@ -242,6 +259,7 @@ async def open_watch(
     snapshot: Callable[[], Awaitable[bytes]],
     last_event_id: str | None,
     since: str | None,
+    beats: Callable[[], Awaitable[bytes]] | None = None,
 ) -> WatchStream:
     """The response of a watch the route has authorised: 400 for a position that is none,
     429 when as many watches are open as allowed, 503 without the change feed."""
@@ -282,6 +300,7 @@ async def open_watch(
         start,
         resuming=position is not None,
         gap=gap,
+        beats=beats,
         keepalive_seconds=settings.watch_keepalive_seconds,
         max_seconds=settings.watch_max_seconds,
     )
@@ -304,6 +323,7 @@ class WatchStream(Response):
         *,
         resuming: bool,
         gap: str | None,
+        beats: Callable[[], Awaitable[bytes]] | None = None,
         keepalive_seconds: float,
         max_seconds: float,
     ) -> None:
@@ -317,6 +337,8 @@ class WatchStream(Response):
         self.resuming = resuming
         self.gap = gap
         """Why the feed cannot resume from ``start``; None when it can."""
+        self.beats = beats
+        """The list answer of the watch's query, for its ``heartbeats`` events (``?heartbeats=true``); None: none."""
         self.keepalive_seconds = keepalive_seconds
         # Spread over ±10%, so streams opened together do not all end together.
         self.max_seconds = max_seconds * random.uniform(0.9, 1.1)
@@ -350,16 +372,26 @@ class WatchStream(Response):
             else:
                 cursor = await self._replay(send, feed, self.start)
             loop = asyncio.get_running_loop()
+            next_beat = loop.time() + self.keepalive_seconds
             while subscription.ended is None:
-                wait = min(self.keepalive_seconds, deadline - loop.time())
+                now = loop.time()
+                if self.beats is not None and now >= next_beat:
+                    await self._write(send, heartbeats_event(await self.beats()))
+                    next_beat = now + self.keepalive_seconds
+                wait = min(self.keepalive_seconds, deadline - now)
+                if self.beats is not None:
+                    wait = min(wait, next_beat - now)
                 if wait <= 0:
-                    subscription.end("the stream reached its time limit; resume with Last-Event-ID")
-                    break
+                    if now >= deadline:
+                        subscription.end("the stream reached its time limit; resume with Last-Event-ID")
+                        break
+                    continue
                 try:
                     async with asyncio.timeout(wait):
                         change = await subscription.queue.get()
                 except TimeoutError:
-                    await self._write(send, _KEEP_ALIVE)
+                    if self.beats is None or loop.time() < next_beat:
+                        await self._write(send, _KEEP_ALIVE)
                     continue
                 if change is None:
                     continue

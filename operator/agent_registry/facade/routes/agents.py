@@ -148,7 +148,7 @@ async def agent_cards(
                 "`updated`, `phase` (with `previous_status`) and `removed` (with `deleted`: false when the agent "
                 'only stopped matching), each `{"type", "agent"}` with an `id:` to resume from; `relist` '
                 "(drop what you hold, a snapshot follows); `: keep-alive` comments. Heartbeats that change "
-                "nothing else are not events."
+                "nothing else are not events; with `heartbeats=true`, `heartbeats` events carry their times."
             ),
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
@@ -172,15 +172,22 @@ async def watch_agents(
             "header does; the header wins).",
         ),
     ] = None,
+    heartbeats: Annotated[
+        bool,
+        Query(
+            description='Also send `event: heartbeats` every keep-alive period: `{"last_seen": {id: time}}` '
+            "of the matching agents (heartbeats that change nothing else are not events)."
+        ),
+    ] = False,
 ) -> Response:
     view = WatchFilter(namespace, agent_type, tuple(capabilities), status, tuple(skills))
 
     async def snapshot() -> bytes:
         return await registry.reads.query_json(namespace, agent_type, capabilities, status, skills)
 
-    return await open_watch(
-        registry.watches, registry.settings, view, snapshot, request.headers.get("last-event-id"), since
-    )
+    resume = request.headers.get("last-event-id")
+    beats = snapshot if heartbeats else None
+    return await open_watch(registry.watches, registry.settings, view, snapshot, resume, since, beats)
 
 
 @router.get(

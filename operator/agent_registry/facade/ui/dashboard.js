@@ -216,7 +216,11 @@
     const extra = { Accept: "text/event-stream" };
     if (state.lastEventId !== null) extra["Last-Event-ID"] = state.lastEventId;
     setStatus("connecting", state.lastEventId !== null ? "Resuming…" : "Connecting…");
-    const response = await fetch(apiUrl("agents/watch"), {
+    // heartbeats=true: the times of heartbeats that changed nothing else, in batches, so the
+    // "last heartbeat" column keeps up (they are not change events).
+    const url = apiUrl("agents/watch");
+    url.searchParams.set("heartbeats", "true");
+    const response = await fetch(url, {
       headers: headers(extra),
       signal: controller.signal,
       cache: "no-store",
@@ -320,6 +324,14 @@
       state.synced = false;
       state.lastEventId = null;
       setStatus("connecting", `Reloading the list (${payload.reason || "the registry asked"})`);
+    } else if (type === "heartbeats") {
+      // {last_seen: {id: time}}: only the time moves; an agent not in the map is left to its
+      // own event. ISO times in one spelling (UTC, "Z") compare as strings.
+      for (const [id, seen] of Object.entries(payload.last_seen || {})) {
+        const agent = state.agents.get(id);
+        if (agent && (!agent.last_seen || seen > agent.last_seen)) agent.last_seen = seen;
+      }
+      connected();
     } else if (type === "removed") {
       if (payload.agent) state.agents.delete(payload.agent.id);
       connected();
@@ -479,7 +491,8 @@
         agent.status === "unreachable"
           ? `Last heartbeat ${agent.last_seen}; none since, so the agent is unreachable.`
           : `Latest heartbeat the page was told of: ${agent.last_seen}. Heartbeats that change nothing else ` +
-            `are not streamed; an agent that is ${agent.status} has heartbeated within its unreachable window.`;
+            `arrive in batches (every keep-alive period); an agent that is ${agent.status} has heartbeated ` +
+            `within its unreachable window.`;
     }
     tr.append(heartbeat, timeCell("td", "time age", agent.registered_at, ""));
     return tr;
