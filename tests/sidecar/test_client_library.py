@@ -303,13 +303,20 @@ def test_the_heartbeat_thread_reports_what_the_providers_say(
 async def test_the_asyncio_variant_reports_load_and_capability_health(
     operator: OperatorProcess, fast_facade: FacadeProcess, agents: Agents
 ) -> None:
-    async with AsyncAgentRegistration("async-1", "cost", "h", 1, ["rightsizing"], fast_facade.url) as registration:
+    # Registered without the heartbeat task: its own beats (all healthy, no load) would race
+    # the one this test sends, and each heartbeat is a full report.
+    registration = AsyncAgentRegistration("async-1", "cost", "h", 1, ["rightsizing"], fast_facade.url)
+    try:
+        assert await registration.register()
         sent = await registration.send_heartbeat(
             load=(2, 5), capabilities={"rightsizing": ("unhealthy", "pricing feed down")}
         )
         assert sent is True
         assert await asyncio.to_thread(shown_capability_health, fast_facade, registration.agent_id) == PRICING_DOWN
         assert await asyncio.to_thread(load_on_lease, agents, "async-1") == "2/5"
+    finally:
+        await registration.unregister()
+        await registration.aclose()
 
 
 # -- route -------------------------------------------------------------------------------------
