@@ -92,12 +92,15 @@ class _AsyncRoute(RegistryConnection):
                         failures += 1
                     else:
                         parser = watching.EventParser()
+                        delivered = False
                         async for line in response.aiter_lines():
                             event = parser.feed(line)
                             retry_ms = parser.retry_ms or retry_ms
                             if event is not None:
-                                last_id, failures = event.id or last_id, 0
+                                last_id, failures, delivered = event.id or last_id, 0, True
                                 yield event
+                        if not delivered:
+                            failures += 1  # a replica that ends streams at once (shutting down): back off
             except (httpx.HTTPError, OSError) as exc:
                 failures += 1
                 logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
