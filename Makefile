@@ -29,11 +29,15 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 .PHONY: deps
-deps: $(VENV)/.installed system-deps ## Install Python deps into .venv and Debian packages (redis-server, chromium, chromium-driver)
+deps: $(VENV)/.installed system-deps docker-deps ## Install Python deps into .venv and Debian packages (redis-server, chromium, chromium-driver, docker.io, debootstrap)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the tests need (redis-server, chromium, chromium-driver), if missing
 	@bash hack/ensure-system-deps.sh
+
+.PHONY: docker-deps
+docker-deps: ## Install Debian's docker.io and debootstrap (image and kind tests), if missing
+	@bash hack/ensure-docker.sh
 
 .PHONY: controlplane
 controlplane: $(VENV)/.installed ## Build kube-apiserver, kube-controller-manager, kubectl, etcd and helm from Go modules into the cache (builds only what is missing)
@@ -72,8 +76,12 @@ run: deps controlplane ## Run the registry locally: control plane, Redis, operat
 IMAGE ?= agent-registry:dev
 
 .PHONY: image
-image: ## Build the container image (needs Docker)
-	docker build -t $(IMAGE) .
+image: ## Build the container image (needs Docker with BuildKit)
+	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
+
+.PHONY: images
+images: $(VENV)/.installed docker-deps ## Build the base, registry and sidecar images without a registry (starts its own dockerd when none answers; cached)
+	$(VPY) -m agent_registry.localcluster.images
 
 .PHONY: manifests
 manifests: controlplane ## Copy crds/ into the chart's CRD template and render manifests/install/ from the chart
@@ -110,7 +118,7 @@ e2e-kind: deps controlplane ## The same scenarios on a throwaway kind cluster (n
 
 .PHONY: unit
 unit: $(VENV)/.installed ## Only the tests that need no cluster
-	$(VPY) -m pytest -m "not k8s and not redis" $(PYTEST_ARGS)
+	$(VPY) -m pytest -m "not k8s and not redis and not docker" $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches inside the repository (not the control-plane cache)

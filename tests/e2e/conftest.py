@@ -15,6 +15,7 @@ import pytest
 from e2e_cluster import Cluster, KindCluster, LocalCluster, kind_missing_reason
 
 from agent_registry.localcluster.build import Binaries, ensure_built
+from agent_registry.localcluster.docker import DockerUnavailableError, Engine, LocalDocker
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -26,6 +27,7 @@ CLUSTER_ENV = "E2E_CLUSTER"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end: the chart, the image and the processes together")
     config.addinivalue_line("markers", "kind: runs on the cluster chosen by E2E_CLUSTER (local or kind)")
+    config.addinivalue_line("markers", "docker: needs a Docker engine (the machine's, or a dockerd the tests start)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,11 +42,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.k8s)
         if "e2e_cluster" in fixtures or Path(str(item.path)).name == "test_localrun.py":
             item.add_marker(pytest.mark.redis)
+        if "docker_engine" in fixtures:
+            item.add_marker(pytest.mark.docker)
 
 
 @pytest.fixture(scope="session")
 def binaries() -> Binaries:
     return ensure_built()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """The machine's Docker daemon, or one started under the cache for the session; a skip
+    that says why when neither can be had."""
+    docker = LocalDocker()
+    try:
+        docker.start()
+    except DockerUnavailableError as error:
+        pytest.skip(f"Docker cannot be had: {error}")
+    try:
+        yield docker.engine
+    finally:
+        docker.close()
 
 
 @pytest.fixture(scope="session")
