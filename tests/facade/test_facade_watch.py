@@ -20,7 +20,7 @@ from accounts import READER_RULES, Accounts
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import free_port
 from agent_registry.localcluster.redis_server import LocalRedis
-from facade_harness import FAST_TIMINGS, assert_error, registration
+from facade_harness import FAST_TIMINGS, assert_error, index_built, registration
 from watch_stream import Stream, about
 
 
@@ -49,7 +49,7 @@ def wait_indexed(http: httpx.Client, *names: str, timeout: float = 20.0) -> None
 def test_a_watch_sends_a_snapshot_then_each_change_and_no_event_for_heartbeats_alone(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
 ) -> None:
-    facade = make_facade(timings=FAST_TIMINGS)
+    facade = index_built(make_facade(timings=FAST_TIMINGS))
     with facade.client() as http:
         first = register(http, "first-agent")
         wait_indexed(http, "first-agent")
@@ -99,7 +99,7 @@ def test_a_watch_sends_a_snapshot_then_each_change_and_no_event_for_heartbeats_a
 def test_filters_apply_and_an_agent_leaving_the_view_is_removed_from_it(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
 ) -> None:
-    facade = make_facade(timings=FAST_TIMINGS)
+    facade = index_built(make_facade(timings=FAST_TIMINGS))
     with facade.client() as http, Stream(facade.url, {"status": "healthy", "type": "cost"}) as stream:
         assert stream.next().type == "snapshot"
         register(http, "other-type", type="performance")
@@ -120,14 +120,14 @@ def test_a_watch_resumes_across_a_facade_restart_with_last_event_id(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
 ) -> None:
     port = free_port()
-    facade = make_facade(port=port)
+    facade = index_built(make_facade(port=port))
     with facade.client() as http, Stream(facade.url) as stream:
         snapshot = stream.next()
         register(http, "before-restart")
         before = stream.until(about("before-restart", "registered"))
     facade.stop()
     # A change while the watch is away, recorded by the operator in the feed.
-    restarted = make_facade(port=port)
+    restarted = index_built(make_facade(port=port))
     with restarted.client() as http:
         register(http, "during-restart")
         wait_indexed(http, "during-restart")
@@ -142,7 +142,7 @@ def test_a_watch_resumes_across_a_facade_restart_with_last_event_id(
 def test_a_position_the_feed_does_not_hold_and_a_flushed_redis_bring_a_relist(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], redis_url: str
 ) -> None:
-    facade = make_facade()
+    facade = index_built(make_facade())
     with facade.client() as http:
         register(http, "kept-agent")
         wait_indexed(http, "kept-agent")
@@ -163,7 +163,7 @@ def test_a_position_the_feed_does_not_hold_and_a_flushed_redis_bring_a_relist(
 def test_bad_positions_are_400_naming_the_field_and_watches_beyond_the_limit_429(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
 ) -> None:
-    facade = make_facade(watch_max_open=1)
+    facade = index_built(make_facade(watch_max_open=1))
     with facade.client() as http:
         assert_error(http.get("/agents/watch", params={"since": "yesterday"}), 400, "since")
         assert_error(http.get("/agents/watch", headers={"Last-Event-ID": "12"}), 400, "Last-Event-ID")
@@ -188,7 +188,7 @@ def test_bad_positions_are_400_naming_the_field_and_watches_beyond_the_limit_429
 def test_with_redis_down_a_new_watch_is_503_and_an_open_one_relists_when_it_returns(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], redis_server: LocalRedis
 ) -> None:
-    facade = make_facade(watch_keepalive_seconds=0.5)
+    facade = index_built(make_facade(watch_keepalive_seconds=0.5))
     with facade.client() as http:
         register(http, "steady-agent")
         wait_indexed(http, "steady-agent")
@@ -211,7 +211,7 @@ def test_with_redis_down_a_new_watch_is_503_and_an_open_one_relists_when_it_retu
 def test_a_watch_is_authorised_as_listing_agents(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], accounts: Accounts
 ) -> None:
-    facade = make_facade(auth=True)
+    facade = index_built(make_facade(auth=True))
     accounts.grant("watcher", READER_RULES)
     with facade.client() as http:
         assert_error(http.get("/agents/watch"), 401)
@@ -222,7 +222,7 @@ def test_a_watch_is_authorised_as_listing_agents(
 
 
 def test_a_quiet_watch_gets_keep_alives(operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]) -> None:
-    facade = make_facade(watch_keepalive_seconds=0.3)
+    facade = index_built(make_facade(watch_keepalive_seconds=0.3))
     with Stream(facade.url) as stream:
         assert stream.next().type == "snapshot"
         deadline = time.monotonic() + 10
@@ -232,7 +232,7 @@ def test_a_quiet_watch_gets_keep_alives(operator: OperatorProcess, make_facade: 
 
 
 def test_a_stream_ends_at_its_time_limit(operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]) -> None:
-    facade = make_facade(watch_max_seconds=1)
+    facade = index_built(make_facade(watch_max_seconds=1))
     with Stream(facade.url) as stream:
         assert stream.next().type == "snapshot"
         assert stream.ended.wait(10), "the stream outlived its time limit"
@@ -242,7 +242,7 @@ def test_a_stream_ends_at_its_time_limit(operator: OperatorProcess, make_facade:
 def test_shutdown_ends_open_watches_instead_of_waiting_for_them(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess], open_watches: int
 ) -> None:
-    facade = make_facade()  # shutdown_timeout_seconds is 20 in tests
+    facade = index_built(make_facade())  # shutdown_timeout_seconds is 20 in tests
     streams = [Stream(facade.url) for _ in range(open_watches)]
     try:
         for stream in streams:
@@ -261,7 +261,7 @@ def test_shutdown_ends_open_watches_instead_of_waiting_for_them(
 def test_heartbeat_times_come_in_batches_to_a_watch_that_asks_for_them(
     operator: OperatorProcess, make_facade: Callable[..., FacadeProcess]
 ) -> None:
-    facade = make_facade(timings=FAST_TIMINGS, watch_keepalive_seconds=0.5)
+    facade = index_built(make_facade(timings=FAST_TIMINGS, watch_keepalive_seconds=0.5))
     with facade.client() as http:
         agent_id = register(http, "beating-agent")
         wait_indexed(http, "beating-agent")

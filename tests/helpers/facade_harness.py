@@ -49,6 +49,25 @@ def facade_for_test(
     )
 
 
+def index_built(facade: FacadeProcess, timeout: float = 60.0) -> FacadeProcess:
+    """Wait until the facade reads an intact index (``GET /ready``): the operator has built it.
+
+    Until then reads come from the API server, and the operator's first build goes live with
+    a relist on every watch (``index.changes``); a test that expects one event per change
+    must not open its watch before that."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=facade.url, trust_env=False, timeout=5) as http:
+        while True:
+            try:
+                if http.get("/ready").status_code == 200:
+                    return facade
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the facade read no intact index within {timeout} s")
+            time.sleep(0.2)
+
+
 def registration(name: str, **fields: Any) -> dict[str, Any]:
     """A valid ``RegistrationRequest`` body."""
     body: dict[str, Any] = {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tests.helpers.index_records import TTL, record
 
-from agent_registry.index import IndexedAgent, IndexWriter
+from agent_registry.index import IndexedAgent, IndexLost, IndexWriter
 from agent_registry.index.changes import START, Change, ChangeFeed, ChangeKind, Position, change_between, stronger
 from agent_registry.index.reader import RedisClient
 from agent_registry.schema.agent import Load
@@ -143,3 +143,29 @@ async def test_wait_returns_what_comes_after_the_position(writer: IndexWriter, c
     await writer.upsert(record("late-agent"), ChangeKind.REGISTERED)
     [change] = await asyncio.wait_for(waiting, 5)
     assert change.kind is ChangeKind.REGISTERED and change.position > position
+
+
+async def test_a_rebuild_of_an_index_the_feed_describes_whole_needs_no_relist(client: RedisClient) -> None:
+    writer = IndexWriter(client, ttl_seconds=TTL)
+    feed = ChangeFeed(client, writer.layout)
+    agent = record("agent-c", phase="Healthy")
+    await writer.replace_all([], nothing_pending=True)  # nothing live before: a relist all the same
+    start = await feed.head()
+    await writer.upsert(agent, ChangeKind.REGISTERED)
+    await writer.replace_all([agent], nothing_pending=True)  # its own index, every change written
+    assert [change.kind for change in await entries(feed, start)] == [ChangeKind.REGISTERED]
+
+    await writer.replace_all([agent])  # the caller had changes waiting: they come only by a relist
+    assert (await entries(feed, start))[-1].kind is ChangeKind.RELIST
+
+    other = IndexWriter(client, ttl_seconds=TTL)  # a new leader cannot vouch for what it did not write
+    mark = await feed.head()
+    await other.replace_all([agent], nothing_pending=True)
+    assert [change.kind for change in await entries(feed, mark)] == [ChangeKind.RELIST]
+
+    await client.delete(writer.layout.current)  # the index lost: a failed write, then a rebuild
+    with pytest.raises(IndexLost):
+        await other.upsert(agent, ChangeKind.UPDATED)
+    mark = await feed.head()
+    await other.replace_all([agent], nothing_pending=True)
+    assert [change.kind for change in await entries(feed, mark)] == [ChangeKind.RELIST]

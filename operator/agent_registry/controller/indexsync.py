@@ -181,12 +181,14 @@ class IndexSync:
     async def _full_resync(self, writer: IndexWriter) -> None:
         started = time.monotonic()
         records = list(self.records.values())
+        # Changes not yet written would reach watchers only through a relist.
+        nothing_pending = not self._changes and not self._removed
         self._dirty.clear()
-        self._changes.clear()  # the new generation goes live with a relist
+        self._changes.clear()
         self._removed.clear()
         self._full_needed = False
         try:
-            await writer.replace_all(records)
+            await writer.replace_all(records, nothing_pending=nothing_pending)
         except BaseException:
             self._full_needed = True
             raise

@@ -198,9 +198,11 @@ return loaded
 )
 
 # KEYS: current, pending, the change feed. ARGV: generations prefix, gen, ttl, entries the
-# feed keeps. Returns 1, or -1 when the resync's lease ran out (changes may have missed it).
+# feed keeps, the live generation the feed describes whole ('' when the writer cannot say).
+# Returns 1, or -1 when the resync's lease ran out (changes may have missed it).
 # The new generation may differ from the old in ways the feed never recorded (it was
-# built from a listing), so watchers are told to list again.
+# built from a listing), so watchers are told to list again, unless the writer vouches
+# that the feed describes the live generation whole and it is still the live one.
 COMMIT: Final = (
     _PRELUDE
     + _WRITE_HELPERS
@@ -209,12 +211,15 @@ local base = ARGV[1] .. ARGV[2] .. ':'
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 or redis.call('EXISTS', base .. META) == 0 then
   return -1
 end
+local previous = redis.call('GET', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('HSET', base .. META, 'state', 'live')
 redis.call('EXPIRE', base .. META, ARGV[3])
 redis.call('UNLINK', base .. TOUCHED)
-record_change(KEYS[3], ARGV[4], ARGV[3], 'relist', '', '', '')
+if ARGV[5] == '' or previous ~= ARGV[5] then
+  record_change(KEYS[3], ARGV[4], ARGV[3], 'relist', '', '', '')
+end
 return 1
 """
 )

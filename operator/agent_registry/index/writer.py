@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from itertools import islice
 from typing import TypeVar
 
@@ -67,6 +67,9 @@ class IndexWriter(IndexReader):
         self._commit = redis.register_script(scripts.COMMIT)
         self._collect = redis.register_script(scripts.COLLECT)
         self._background: set[asyncio.Task[int]] = set()
+        self._described: str | None = None
+        """The live generation, if this writer committed it and has written every change to it
+        since: the change feed then describes it whole, and rebuilding it needs no relist."""
 
     async def upsert(self, record: IndexedAgent, change: ChangeKind | None = ChangeKind.UPDATED) -> None:
         """Write one agent and move it between sets atomically.
@@ -78,7 +81,7 @@ class IndexWriter(IndexReader):
         Raises ``IndexLost`` when there is no index to write into (and no resync building
         one): the change is not lost, the resync the operator runs next lists it.
         """
-        with translated_errors():
+        with self._tracked(), translated_errors():
             reached = await self._upsert(
                 keys=[self.layout.current, self.layout.pending, self.layout.changes],
                 args=[
@@ -94,21 +97,38 @@ class IndexWriter(IndexReader):
                 ],
             )
         if not reached:
+            self._described = None
             raise IndexLost("no index to write into; run a full resync")
 
     async def remove(self, agent_id: str) -> None:
         """Remove one agent from the record and every set, atomically. ``IndexLost`` as for upsert."""
-        with translated_errors():
+        with self._tracked(), translated_errors():
             reached = await self._remove(
                 keys=[self.layout.current, self.layout.pending, self.layout.changes],
                 args=[self.layout.generations, self.ttl_seconds, self.lease_seconds, agent_id, self.changes_kept],
             )
         if not reached:
+            self._described = None
             raise IndexLost("no index to write into; run a full resync")
 
+    @contextmanager
+    def _tracked(self) -> Iterator[None]:
+        # A write that failed may or may not have reached the feed: it no longer describes all.
+        try:
+            yield
+        except BaseException:
+            self._described = None
+            raise
+
     @asynccontextmanager
-    async def resync(self) -> AsyncIterator[Resync]:
+    async def resync(self, *, nothing_pending: bool = False) -> AsyncIterator[Resync]:
         """A full rebuild; changes made through upsert/remove meanwhile are kept.
+
+        ``nothing_pending``: the caller has written through this writer every change it
+        knows of (none is waiting to be written). If the live generation is also one this
+        writer committed and has written every change to since, the feed describes it
+        whole, and the new generation goes live without a relist (a new leader's routine
+        rebuild of an index it kept itself).
 
         Enter *before* listing the agents from the API server::
 
@@ -128,7 +148,7 @@ class IndexWriter(IndexReader):
             pipe.sadd(layout.pending, gen)
             pipe.expire(layout.pending, self.lease_seconds)
             await pipe.execute()
-        resync = Resync(self, gen)
+        resync = Resync(self, gen, self._described if nothing_pending else None)
         try:
             yield resync
         except BaseException:
@@ -136,13 +156,14 @@ class IndexWriter(IndexReader):
             raise
         await resync.commit()
 
-    async def replace_all(self, records: Iterable[IndexedAgent]) -> int:
+    async def replace_all(self, records: Iterable[IndexedAgent], *, nothing_pending: bool = False) -> int:
         """Make ``records`` the whole index. Returns how many were loaded.
 
         Changes made through this writer while it runs are kept, but ones made between
         listing ``records`` and this call are not: the operator should use ``resync()``.
+        ``nothing_pending`` as for ``resync``.
         """
-        async with self.resync() as resync:
+        async with self.resync(nothing_pending=nothing_pending) as resync:
             return await resync.load(records)
 
     async def refresh(self) -> bool:
@@ -216,9 +237,11 @@ class IndexWriter(IndexReader):
 class Resync:
     """One generation being built; see ``IndexWriter.resync``."""
 
-    def __init__(self, writer: IndexWriter, generation: str) -> None:
+    def __init__(self, writer: IndexWriter, generation: str, described: str | None = None) -> None:
         self.writer = writer
         self.generation = generation
+        self.described = described
+        """The live generation the feed describes whole ('' or None: it may not)."""
 
     async def load(self, records: Iterable[IndexedAgent]) -> int:
         """Add records to the new generation, in pipelined batches; may be called repeatedly.
@@ -251,10 +274,12 @@ class Resync:
         with translated_errors():
             result = await w._commit(
                 keys=[w.layout.current, w.layout.pending, w.layout.changes],
-                args=[w.layout.generations, self.generation, w.ttl_seconds, w.changes_kept],
+                args=[w.layout.generations, self.generation, w.ttl_seconds, w.changes_kept, self.described or ""],
             )
             if result == -1:
+                w._described = None
                 raise IndexUnavailable(_RESYNC_GONE)
+            w._described = self.generation
             await w._expire_generation(self.generation)
         w._collect_in_background()
 
