@@ -89,9 +89,18 @@ def event_reasons(http: httpx.Client, agent_id: str) -> list[str]:
 
 
 def until(browser: Any, what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """``wait_for`` that, when it gives up, says what the page showed."""
+    """``wait_for`` that, when it gives up, says what the page showed. An element the page
+    redrew between finding and reading it is no answer yet, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException  # noqa: PLC0415 - as the tests import it
+
+    def steady() -> Any:
+        try:
+            return probe()
+        except StaleElementReferenceException:
+            return None
+
     try:
-        return wait_for(what, probe, timeout=timeout)
+        return wait_for(what, steady, timeout=timeout)
     except Exception as exc:
         shown = {
             "status": text_of(browser, "status"),
@@ -178,7 +187,9 @@ def test_the_dashboard_follows_the_fleet_live(
             browser.get(f"{facade.url}/ui")
             until(browser, "the 401 shown", lambda: "401" in text_of(browser, "error"))
             assert "token" in text_of(browser, "error")
-            assert browser.find_element(By.ID, "status").get_attribute("data-state") == "failed"
+            # Read in one script: the page may redraw the element between a find and a read.
+            state_js = "return document.getElementById('status').dataset.state"
+            until(browser, "the failed state", lambda: browser.execute_script(state_js) == "failed")
 
             browser.find_element(By.ID, "token").send_keys(accounts.token("platform-engineer"))
             browser.find_element(By.ID, "connect").click()
