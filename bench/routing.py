@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
-import shlex
 import signal
 import sys
 import time
@@ -43,7 +41,6 @@ if __package__ in (None, ""):
 
 from agent_registry.index import IndexReader, KeyLayout, connect, scripts
 from agent_registry.index.reader import route_args
-from agent_registry.localcluster import build
 from agent_registry.schema.agent import Load
 from bench.discovery import Once, add_experiment_arguments, closed_series
 from bench.fleet import create_agent_leases, create_agents
@@ -51,7 +48,7 @@ from bench.load import Recorder, fixed_rate, request, session, timed
 from bench.procs import TICKS, Sampler
 from bench.routing_agents import AGENT_TYPE, SHARED_CAPABILITIES, TIMING, OneTypeFleet, Picks, switch
 from bench.routing_report import figures, markdown
-from bench.run import commit, machine, other_work, uncommitted
+from bench.run import experiment_meta, other_work
 from bench.stack import CLIENT_ACCOUNT, KEY_PREFIX, Stack, progress
 from bench.taskfleet import MODES, FleetShape, run_fleet, until_index
 
@@ -362,17 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     name = options.name or "-".join([datetime.now(UTC).strftime("%Y-%m-%d"), "routing", *words])
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = options.results_dir / f"{name}.json"
-    command = "python -m bench.routing " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results: dict[str, Any] = {
-        "meta": {
-            "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command.strip(),
-            "options": {key: str(value) for key, value in vars(options).items()},
-            "machine": machine(),
-            "versions": {"kubernetes": build.KUBERNETES_VERSION, "python": platform.python_version()},
-            "commit": commit(),
-            "uncommitted": uncommitted(),
-        },
+        "meta": experiment_meta("bench.routing", argv, options),
         "routes": [],
         "fleet": None,
     }

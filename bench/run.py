@@ -218,6 +218,21 @@ def uncommitted() -> list[str]:
     return [line.strip() for line in dirty.stdout.splitlines() if line.strip()]
 
 
+def experiment_meta(module: str, argv: list[str] | None, options: argparse.Namespace) -> dict[str, Any]:
+    """The ``meta`` of an experiment's results (``bench.routing``, ``bench.watches``): when,
+    the command as typed, its options, the machine, versions and the commit."""
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"python -m {module} {' '.join(shlex.quote(a) for a in args)}".strip(),
+        "options": {key: str(value) for key, value in vars(options).items()},
+        "machine": machine(),
+        "versions": {"kubernetes": build.KUBERNETES_VERSION, "python": platform.python_version()},
+        "commit": commit(),
+        "uncommitted": uncommitted(),
+    }
+
+
 def results_path(directory: Path, name: str | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if name:

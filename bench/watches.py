@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import shlex
 import signal
 import statistics
 import sys
@@ -39,9 +37,8 @@ if __package__ in (None, ""):
 
 import httpx
 
-from agent_registry.localcluster import build
 from bench.procs import Sampler
-from bench.run import commit, machine, other_work, uncommitted
+from bench.run import experiment_meta, other_work
 from bench.stack import Stack, progress
 
 NAMESPACE = "bench-watches"
@@ -298,17 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     name = options.name or f"{datetime.now(UTC):%Y-%m-%d}-watches-w{options.watches}-n{options.agents}"
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = options.results_dir / f"{name}.json"
-    command = "python -m bench.watches " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results: dict[str, Any] = {
-        "meta": {
-            "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command.strip(),
-            "options": {key: str(value) for key, value in vars(options).items()},
-            "machine": machine(),
-            "versions": {"kubernetes": build.KUBERNETES_VERSION, "python": platform.python_version()},
-            "commit": commit(),
-            "uncommitted": uncommitted(),
-        },
+        "meta": experiment_meta("bench.watches", argv, options),
     }
     sampler = Sampler().start()
     sampler.watch("bench", os.getpid())  # the watch clients share the 2 cores
