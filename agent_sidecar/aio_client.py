@@ -78,10 +78,10 @@ class _AsyncRoute(RegistryConnection):
     ) -> AsyncIterator[watching.WatchEvent]:
         """``GET /agents/watch`` as ``RegistryClient.watch``: ``async for event in client.watch(...)``."""
         params = watching.watch_params(agent_type, capabilities, status, skills, namespace or self.namespace)
-        last_id, failures, retry_ms = since, 0, None
+        resumption = watching.Resumption(since)
         timeout = httpx.Timeout(self.timeout, read=idle_timeout)
         while True:
-            headers = watching.resume_headers(self._headers(), last_id)
+            headers = resumption.headers(self._headers())
             try:
                 async with self._client.stream(
                     "GET", self._url("/agents/watch"), params=params, headers=headers, timeout=timeout
@@ -89,22 +89,16 @@ class _AsyncRoute(RegistryConnection):
                     if response.status_code != 200:
                         await response.aread()
                         _check_watch_answer(response)
-                        failures += 1
+                        resumption.failed()
                     else:
-                        parser = watching.EventParser()
-                        delivered = False
+                        resumption.stream_opened()
                         async for line in response.aiter_lines():
-                            event = parser.feed(line)
-                            retry_ms = parser.retry_ms or retry_ms
-                            if event is not None:
-                                last_id, failures, delivered = event.id or last_id, 0, True
+                            if (event := resumption.line(line)) is not None:
                                 yield event
-                        if not delivered:
-                            failures += 1  # a replica that ends streams at once (shutting down): back off
+                        resumption.stream_ended()
             except (httpx.HTTPError, OSError) as exc:
-                failures += 1
-                logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
-            await asyncio.sleep(watching.backoff_seconds(failures, retry_ms))
+                resumption.failed(exc)
+            await asyncio.sleep(resumption.delay())
 
 
 class AsyncRegistryClient(_AsyncRoute):

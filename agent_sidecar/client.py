@@ -439,10 +439,10 @@ class _SyncRoute(RegistryConnection):
         will not change.
         """
         params = watching.watch_params(agent_type, capabilities, status, skills, namespace or self.namespace)
-        last_id, failures, retry_ms = since, 0, None
+        resumption = watching.Resumption(since)
         timeout = httpx.Timeout(self.timeout, read=idle_timeout)
         while True:
-            headers = watching.resume_headers(self._headers(), last_id)
+            headers = resumption.headers(self._headers())
             try:
                 with self._client.stream(
                     "GET", self._url("/agents/watch"), params=params, headers=headers, timeout=timeout
@@ -450,22 +450,16 @@ class _SyncRoute(RegistryConnection):
                     if response.status_code != 200:
                         response.read()
                         _check_watch_answer(response)
-                        failures += 1
+                        resumption.failed()
                     else:
-                        parser = watching.EventParser()
-                        delivered = False
+                        resumption.stream_opened()
                         for line in response.iter_lines():
-                            event = parser.feed(line)
-                            retry_ms = parser.retry_ms or retry_ms
-                            if event is not None:
-                                last_id, failures, delivered = event.id or last_id, 0, True
+                            if (event := resumption.line(line)) is not None:
                                 yield event
-                        if not delivered:
-                            failures += 1  # a replica that ends streams at once (shutting down): back off
+                        resumption.stream_ended()
             except (httpx.HTTPError, OSError) as exc:
-                failures += 1
-                logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
-            time.sleep(watching.backoff_seconds(failures, retry_ms))
+                resumption.failed(exc)
+            time.sleep(resumption.delay())
 
 
 def _check_watch_answer(response: httpx.Response) -> None:

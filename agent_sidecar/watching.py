@@ -124,3 +124,42 @@ def backoff_seconds(failures: int, retry_ms: int | None) -> float:
     base = (retry_ms or 1000) / 1000.0
     delay: float = min(_RETRY_CAP_SECONDS, base * 2.0 ** (failures - 1))
     return delay * random.uniform(0.5, 1.0)
+
+
+class Resumption:
+    """Where a watch stands across its connections, for the sync and the asyncio loop alike:
+    the last event id (sent back as ``Last-Event-ID``), the failures in a row and the
+    registry's ``retry:`` hint, which together decide the wait before the next connection."""
+
+    def __init__(self, since: str | None) -> None:
+        self.last_id = since
+        self.failures = 0
+        self.retry_ms: int | None = None
+        self._parser = EventParser()
+        self._delivered = False
+
+    def headers(self, base: dict[str, str]) -> dict[str, str]:
+        return resume_headers(base, self.last_id)
+
+    def stream_opened(self) -> None:
+        self._parser = EventParser()
+        self._delivered = False
+
+    def line(self, line: str) -> WatchEvent | None:
+        event = self._parser.feed(line)
+        self.retry_ms = self._parser.retry_ms or self.retry_ms
+        if event is not None:
+            self.last_id, self.failures, self._delivered = event.id or self.last_id, 0, True
+        return event
+
+    def stream_ended(self) -> None:
+        if not self._delivered:
+            self.failures += 1  # a replica that ends streams at once (shutting down): back off
+
+    def failed(self, exc: Exception | None = None) -> None:
+        self.failures += 1
+        if exc is not None:
+            logger.warning("watch: connection lost (%s: %s); resuming", type(exc).__name__, exc)
+
+    def delay(self) -> float:
+        return backoff_seconds(self.failures, self.retry_ms)
