@@ -15,7 +15,7 @@ from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.launcher import FacadeProcess, OperatorProcess
 from agent_registry.localcluster.process import wait_for
 from agent_registry.schema import constants as c
-from facade_harness import registration
+from facade_harness import indexed, registration
 from operator_harness import Agents
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -215,10 +215,18 @@ def test_heartbeat_answers_the_contract_and_patches_only_heartbeat_fields(
 
 
 def test_a_heartbeat_that_changes_nothing_renews_the_lease_only(
-    operator: OperatorProcess, http: httpx.Client, agents: Agents
+    operator: OperatorProcess, http: httpx.Client, agents: Agents, redis_url: str, namespace: str
 ) -> None:
     agent_id = register(http, "cost-1")["agent_id"]
     wait_for("Healthy", phase_is(agents, "cost-1", "Healthy"))
+
+    # "Nothing changes" is judged against the index: until it shows the agent Healthy (the
+    # operator may lag behind the API server), a healthy report is news and is written.
+    def indexed_phase() -> str | None:
+        record = indexed(redis_url, namespace, agent_id)
+        return record.phase if record is not None else None
+
+    wait_for("Healthy in the index", lambda: indexed_phase() == "Healthy")
     before = agents.get("cost-1")
     assert before is not None
     seen_before = rfc3339(http.get(f"/agents/{agent_id}").json()["last_seen"])

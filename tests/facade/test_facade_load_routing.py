@@ -125,8 +125,8 @@ def test_the_idle_agent_gets_most_picks_and_a_full_one_none(
 
         def load_of(agent_id: str) -> Load | None:
             record = indexed(redis_url, namespace, agent_id)
-            assert record is not None
-            return record.load
+            # Not indexed yet: the operator has not seen the registration (slow machine).
+            return record.load if record is not None else None
 
         def report(agent_id: str, name: str, in_flight: int, most: int) -> None:
             assert beat(http, agent_id, load={"in_flight": in_flight, "max": most}).status_code == 200

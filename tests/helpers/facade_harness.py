@@ -50,7 +50,9 @@ def facade_for_test(
 
 
 def index_built(facade: FacadeProcess, timeout: float = 60.0) -> FacadeProcess:
-    """Wait until the facade reads an intact index (``GET /ready``): the operator has built it.
+    """Wait until the facade reads an intact index (``GET /ready`` checks ``index``): the
+    operator has built it. A 200 alone is not that: a facade whose API server answers is
+    ready (degraded) before any index exists.
 
     Until then reads come from the API server, and the operator's first build goes live with
     a relist on every watch (``index.changes``); a test that expects one event per change
@@ -59,7 +61,8 @@ def index_built(facade: FacadeProcess, timeout: float = 60.0) -> FacadeProcess:
     with httpx.Client(base_url=facade.url, trust_env=False, timeout=5) as http:
         while True:
             try:
-                if http.get("/ready").status_code == 200:
+                response = http.get("/ready")
+                if response.status_code == 200 and response.json()["checks"]["index"]["ok"]:
                     return facade
             except httpx.HTTPError:
                 pass
