@@ -20,10 +20,13 @@ so that ``helm install`` ends with the chart's own commands, environment, Servic
 * **lifecycle**: a changed pod template replaces the pods (Recreate); scaling starts or
   stops replicas; a deleted Deployment stops its pods with SIGTERM, then SIGKILL after the
   grace period; a container that exits is restarted (``restarts`` counts it);
+* **Pod objects**: each pod is also written to the API (Pending: no scheduler runs, and it
+  lists only each container's name and image), so ``metadata.uid`` is a real object's uid and
+  an ownerReference to the pod holds; the object is deleted once its processes have stopped,
+  and the real garbage collector then removes what the pod owned, as on a cluster;
 * **probes**: readiness is the container's httpGet or tcpSocket probe against the pod's
   address (an exec probe counts as a TCP check of the container's first port).
 
-No Pod objects are written: the API shows Deployments, not pods.
 """
 
 from __future__ import annotations
@@ -43,13 +46,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from agent_registry import kubeapi
+from agent_registry.kubeapi import paths
 from agent_registry.kubeapi.sync import SyncApi
 from agent_registry.localcluster.controlplane import LocalControlPlane
 from agent_registry.localcluster.process import ManagedProcess
@@ -204,7 +207,7 @@ class LocalKubelet:
                 wanted[(meta["namespace"], meta["name"])] = deployment
         with self._lock:
             for key in [k for k in self.pods if k not in wanted]:
-                stop_all(self.pods.pop(key))
+                remove_all(api, self.pods.pop(key))
         for key, deployment in wanted.items():
             self._sync_deployment(api, key, deployment)
         with self._lock:
@@ -222,7 +225,7 @@ class LocalKubelet:
             for pod in outdated + surplus:
                 pods.remove(pod)
             # Recreate: old pods stop (together, as a rollout would) before new ones start.
-            stop_all(outdated + surplus)
+            remove_all(api, outdated + surplus)
             for index in range(len(pods), replicas):
                 name = f"{key[1]}-{digest[:5]}-{index}"
                 try:
@@ -268,7 +271,7 @@ class LocalKubelet:
             name=name,
             deployment=deployment,
             ip=self._ip(namespace, deployment, index),
-            uid=str(uuid.uuid4()),
+            uid=_write_pod_object(api, namespace, name, template),
             workdir=workdir,
             template_hash=digest,
             grace_seconds=min(float(spec.get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS),
@@ -296,7 +299,7 @@ class LocalKubelet:
                 process.start()
                 pod.containers.append(Container(container_spec["name"], process, container_spec))
         except BaseException:
-            pod.stop()
+            remove_all(api, [pod])
             raise
         return pod
 
@@ -479,6 +482,35 @@ def stop_all(pods: list[LocalPod]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def remove_all(api: SyncApi, pods: list[LocalPod]) -> None:
+    """Stop the pods' processes, then delete their Pod objects, in a kubelet's order: a
+    sidecar deregisters on SIGTERM first, the garbage collector takes what is left after."""
+    stop_all(pods)
+    for pod in pods:
+        with contextlib.suppress(kubeapi.NotFound):
+            # No kubelet confirms the deletion of an unscheduled pod: no grace period to wait.
+            api.delete(paths.pods(pod.namespace, pod.name), {"gracePeriodSeconds": 0})
+
+
+def _write_pod_object(api: SyncApi, namespace: str, name: str, template: dict[str, Any]) -> str:
+    """Create the pod's Pod object (replacing a leftover of the same name); returns its uid."""
+    spec = template["spec"]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": template["metadata"].get("labels", {})},
+        "spec": {
+            "serviceAccountName": spec.get("serviceAccountName", "default"),
+            "automountServiceAccountToken": False,
+            "containers": [{"name": c["name"], "image": c["image"]} for c in spec["containers"]],
+        },
+    }
+    path = paths.pods(namespace, name)
+    with contextlib.suppress(kubeapi.NotFound):
+        api.delete(path, {"gracePeriodSeconds": 0})
+    return str(api.create(paths.pods(namespace), body)["metadata"]["uid"])
 
 
 def _is_redis(image: str) -> bool:
