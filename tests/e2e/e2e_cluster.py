@@ -80,6 +80,10 @@ class Cluster:
     def image(self) -> str:
         return f"{self.image_repository}:{self.image_tag}"
 
+    def sidecar_image(self) -> str:
+        """The image of agent pods' sidecar container (its own small target on kind)."""
+        return self.image()
+
     def wait_rollout(self, namespace: str, deployment: str, timeout: float = 120) -> None:
         raise NotImplementedError
 

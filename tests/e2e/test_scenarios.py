@@ -14,6 +14,7 @@ the chart grants is the RBAC they run with.
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ OPERATOR = f"{RELEASE}-agent-registry-operator"
 FACADE = f"{RELEASE}-agent-registry-facade"
 REDIS = f"{RELEASE}-agent-registry-redis"
 SAMPLE_DEPLOYMENT = "cost-agent"
+GC_DEPLOYMENT = "gc-agent"
 
 pytestmark = pytest.mark.kind
 
@@ -113,7 +115,7 @@ def sample_for(cluster: Cluster) -> str:
         # Lets a test freeze the sidecar from the agent container (Cluster.freeze on kind).
         pod["shareProcessNamespace"] = True
         for container in pod["containers"]:
-            container["image"] = cluster.image()
+            container["image"] = cluster.sidecar_image() if container["name"] == "agent-sidecar" else cluster.image()
             container["imagePullPolicy"] = "Never" if cluster.name == "kind" else "IfNotPresent"
             if container["name"] == "agent-sidecar":
                 fast = {
@@ -272,6 +274,182 @@ def test_registration_and_discovery_through_the_rest_api(
         assert missing.status_code == 404 and missing.json() == {"error": "Agent not found"}
     scenario.assert_clean_logs(FACADE)
     scenario.passed.add("rest")
+
+
+def real_pods(scenario: Scenario) -> Cluster:
+    """The cluster, when its pods are real (kind); else a skip that says so."""
+    if scenario.cluster.name != "kind":
+        pytest.skip("needs real pods, a kubelet and the garbage collector: runs on kind (make e2e-kind)")
+    return scenario.cluster
+
+
+# Run inside a registry container: who it runs as, and whether its root filesystem takes a write.
+_WHO_AND_WHERE = """
+import json, os
+try:
+    open("/written-by-the-e2e-test", "w").close()
+    writable = True
+except OSError:
+    writable = False
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "root_writable": writable}))
+"""
+
+
+def test_registry_containers_run_as_non_root_on_a_read_only_root_and_pass_their_probes(scenario: Scenario) -> None:
+    scenario.require("install")
+    cluster = real_pods(scenario)
+    for deployment in (OPERATOR, FACADE):
+        for pod in cluster.pod_names(NAMESPACE, deployment):
+            status = cluster.get_json("pod", pod, "-n", NAMESPACE)["status"]
+            # Ready: the readiness probe answers on the port the chart names. No restart: the
+            # liveness probe has passed for as long as the pod has run.
+            for container in status["containerStatuses"]:
+                assert container["ready"] and container["restartCount"] == 0, (pod, container)
+            answer = cluster.kubectl("exec", "-n", NAMESPACE, pod, "--", "python", "-c", _WHO_AND_WHERE).stdout
+            assert json.loads(answer) == {"uid": 65532, "gid": 65532, "root_writable": False}, (pod, answer)
+
+
+def _gc_agent(cluster: Cluster) -> str:
+    """The sample agent, one replica named gc-agent, that its registry would not call
+    Unreachable for ten minutes: only its pod's deletion can remove its Agent quickly."""
+    objects = [o for o in yaml.safe_load_all(sample_for(cluster)) if o and o["kind"] == "Deployment"]
+    deployment = objects[0]
+    deployment["metadata"]["name"] = GC_DEPLOYMENT
+    deployment["spec"]["replicas"] = 1
+    labels = {"app.kubernetes.io/name": GC_DEPLOYMENT}
+    deployment["metadata"]["labels"] = deployment["spec"]["selector"]["matchLabels"] = labels
+    deployment["spec"]["template"]["metadata"]["labels"] = labels
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for env in container.get("env", []):
+            if env["name"] in ("AGENT_UNREACHABLE_AFTER_SECONDS", "AGENT_GC_AFTER_SECONDS"):
+                env["value"] = "600"
+    return yaml.safe_dump(deployment)
+
+
+def test_deleting_an_agents_pod_deletes_its_agent(scenario: Scenario) -> None:
+    """The Agent's ownerReference names its pod; with the sidecar frozen (it cannot deregister)
+    and the agent not due to go Unreachable for ten minutes, only the garbage collector removes it."""
+    scenario.require("sidecar")
+    cluster = real_pods(scenario)
+    cluster.kubectl("apply", "-n", AGENTS_NS, "-f", "-", input=_gc_agent(cluster))
+    cluster.wait_rollout(AGENTS_NS, GC_DEPLOYMENT)
+    (pod,) = cluster.pod_names(AGENTS_NS, GC_DEPLOYMENT)
+    wait_for(f"{pod} Healthy", lambda: scenario.phase(pod) == "Healthy")
+    uid = cluster.get_json("pod", pod, "-n", AGENTS_NS)["metadata"]["uid"]
+    owners = scenario.agents()[pod]["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("Pod", pod, uid)]
+
+    cluster.freeze(AGENTS_NS, GC_DEPLOYMENT, pod, "agent-sidecar")
+    cluster.kubectl("delete", "pod", pod, "-n", AGENTS_NS, "--wait=false")
+    wait_for("the Agent deleted with its pod", lambda: pod not in scenario.agents(), timeout=90)
+    assert "Unreachable" not in scenario.event_reasons(pod)
+    # The Deployment's next pod registers an Agent of its own.
+    wait_for(
+        "the replacement pod's Agent Healthy",
+        lambda: any(scenario.phase(p) == "Healthy" for p in cluster.pod_names(AGENTS_NS, GC_DEPLOYMENT) if p != pod),
+        timeout=120,
+    )
+    cluster.kubectl("delete", "deployment", GC_DEPLOYMENT, "-n", AGENTS_NS)
+
+
+def test_the_standby_operator_takes_over_when_the_leaders_pod_is_deleted(scenario: Scenario) -> None:
+    scenario.require("sidecar")
+    cluster = real_pods(scenario)
+    survivors = scenario.agent_pods[1:]
+    operators = set(cluster.pod_names(NAMESPACE, OPERATOR))
+    leader = scenario.lease_holder()
+    assert leader in operators and len(operators) == 2
+    cluster.kubectl("delete", "pod", str(leader), "-n", NAMESPACE, "--wait=false")
+    # The leader hands its Lease over as it stops; the standby takes it, then a new pod stands by.
+    wait_for("the standby to hold the Lease", lambda: scenario.lease_holder() in operators - {leader}, timeout=60)
+    cluster.wait_rollout(NAMESPACE, OPERATOR)
+    time.sleep(3)  # a few of the new leader's sweeps
+    for name in survivors:
+        assert scenario.phase(name) == "Healthy"
+        assert "Unreachable" not in scenario.event_reasons(name)
+
+
+# A client inside the cluster, through the facade's Service, doing what an agent does
+# (heartbeats) and what an orchestrator does (lookups), each retried the way the client
+# library's heartbeat loop retries (its own backoff), for DURATION seconds.
+_RETRYING_CLIENT = """
+import json, os, time
+import httpx
+from agent_sidecar.client import AgentRegistration, Outcome
+
+url, duration = os.environ["FACADE_URL"], float(os.environ["DURATION"])
+token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+agent = AgentRegistration("rolling-client", "cost", "10.4.4.4", 8001, ["rightsizing"],
+                          orchestrator_url=url, token_file=token_file, timeout=5)
+done = {"operations": 0, "failed_attempts": 0, "lost": 0}
+
+def retried(attempt):
+    for failures in range(1, 11):
+        if attempt():
+            done["operations"] += 1
+            return
+        done["failed_attempts"] += 1
+        time.sleep(agent._delay(Outcome.FAILED, failures))
+    done["lost"] += 1
+
+def lookup():
+    try:
+        answer = httpx.get(f"{url}/agents/{agent.agent_id}", timeout=5,
+                           headers={"Authorization": "Bearer " + open(token_file).read().strip()})
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200
+
+retried(agent.register)
+print("registered", flush=True)
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    retried(agent.send_heartbeat)
+    retried(lookup)
+    time.sleep(0.2)
+retried(agent.unregister)
+print(json.dumps(done), flush=True)
+"""
+
+
+def test_a_rolling_restart_of_the_facade_loses_no_request_of_a_retrying_client(scenario: Scenario) -> None:
+    scenario.require("rest")
+    cluster = real_pods(scenario)
+    client_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "rolling-client", "namespace": NAMESPACE},
+        "spec": {
+            "serviceAccountName": "e2e-client",
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+            "containers": [{
+                "name": "client", "image": cluster.sidecar_image(), "imagePullPolicy": "Never",
+                "command": ["python", "-c", _RETRYING_CLIENT],
+                "env": [{"name": "FACADE_URL", "value": f"http://{FACADE}.{NAMESPACE}.svc"},
+                        {"name": "DURATION", "value": "45"}],
+            }],
+        },
+    }  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(client_pod))
+    wait_for(
+        "the client registered",
+        lambda: "registered" in cluster.kubectl("logs", "-n", NAMESPACE, "rolling-client", check=False).stdout,
+        timeout=120,
+    )
+    cluster.kubectl("rollout", "restart", f"deployment/{FACADE}", "-n", NAMESPACE)
+    cluster.wait_rollout(NAMESPACE, FACADE)
+
+    def client_done() -> bool:
+        phase = cluster.get_json("pod", "rolling-client", "-n", NAMESPACE)["status"]["phase"]
+        return phase in ("Succeeded", "Failed")
+
+    wait_for("the client done", client_done, timeout=120)
+    output = cluster.kubectl("logs", "-n", NAMESPACE, "rolling-client").stdout
+    cluster.kubectl("delete", "pod", "rolling-client", "-n", NAMESPACE, "--wait=false")
+    done = json.loads(output.strip().splitlines()[-1])
+    print(f"rolling restart of the facade: {done}")
+    assert done["lost"] == 0 and done["operations"] >= 20, output
 
 
 def test_helm_upgrade_rolls_the_registry_without_marking_anyone_unreachable(scenario: Scenario) -> None:
