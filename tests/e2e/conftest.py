@@ -1,8 +1,9 @@
 """Fixtures of the end-to-end suite.
 
-``E2E_CLUSTER`` picks the cluster the scenarios run on: ``local`` (default; the local
-control plane with local processes standing in for pods) or ``kind`` (``make e2e-kind``;
-skipped with the reason when Docker or kind is missing).
+The scenarios run on each cluster ``E2E_CLUSTER`` names: ``local`` (the local control plane
+with local processes standing in for pods) or ``kind`` (``make e2e-kind``: a kind cluster
+on a Docker engine, the machine's or one the tests start; skipped with the reason when none
+can be had); both, local first, when it is unset (``make test``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_cluster import Cluster, KindCluster, LocalCluster, kind_missing_reason
+from e2e_cluster import Cluster, KindCluster, LocalCluster
 
 from agent_registry.localcluster.build import Binaries, ensure_built
 from agent_registry.localcluster.docker import DockerUnavailableError, Engine, LocalDocker
@@ -42,7 +43,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.k8s)
         if "e2e_cluster" in fixtures or Path(str(item.path)).name == "test_localrun.py":
             item.add_marker(pytest.mark.redis)
-        if "docker_engine" in fixtures:
+        callspec = getattr(item, "callspec", None)
+        if "docker_engine" in fixtures or (callspec is not None and callspec.params.get("e2e_cluster") == "kind"):
             item.add_marker(pytest.mark.docker)
 
 
@@ -66,20 +68,29 @@ def docker_engine() -> Iterator[Engine]:
         docker.close()
 
 
-@pytest.fixture(scope="session")
-def e2e_cluster(binaries: Binaries) -> Iterator[Cluster]:
-    """A fresh cluster with nothing installed, for the scenarios."""
-    wanted = os.environ.get(CLUSTER_ENV, "local")
-    cluster: Cluster
-    if wanted == "kind":
-        reason = kind_missing_reason()
-        if reason:
-            pytest.skip(f"{CLUSTER_ENV}=kind but {reason}")
-        cluster = KindCluster(binaries)
-    elif wanted == "local":
-        cluster = LocalCluster()
-    else:
+def _clusters() -> list[str]:
+    """``E2E_CLUSTER`` when set; else both, local first (the fast path), kind after."""
+    wanted = os.environ.get(CLUSTER_ENV)
+    if wanted is None:
+        return ["local", "kind"]
+    if wanted not in ("local", "kind"):
         raise pytest.UsageError(f"{CLUSTER_ENV}={wanted!r}: expected 'local' or 'kind'")
+    return [wanted]
+
+
+@pytest.fixture(scope="session", params=_clusters())
+def e2e_cluster(request: pytest.FixtureRequest, binaries: Binaries) -> Iterator[Cluster]:
+    """A fresh cluster with nothing installed, for the scenarios; kind only where a Docker
+    engine can be had that runs privileged containers, else a skip that says why."""
+    cluster: Cluster
+    if request.param == "kind":
+        engine: Engine = request.getfixturevalue("docker_engine")
+        failure = engine.privileged_failure()
+        if failure is not None:
+            pytest.skip(f"kind needs privileged containers, which this Docker engine cannot run: {failure}")
+        cluster = KindCluster(binaries, engine)
+    else:
+        cluster = LocalCluster()
     try:
         yield cluster
     finally:

@@ -5,8 +5,9 @@ The scenarios only use this interface, so they run unchanged on both:
 * ``LocalCluster``: a fresh kube-apiserver + etcd (nothing installed, like a new kind
   cluster) with :class:`local_kubelet.LocalKubelet` running the Deployments as local
   processes; the image is "this checkout";
-* ``KindCluster``: ``kind create cluster`` through the kind CLI, the image built with
-  ``docker build`` and loaded with ``kind load docker-image``; real pods.
+* ``KindCluster``: ``kind create cluster`` through the kind CLI on a node image built here
+  (``localcluster.kind``), the images built from this checkout (``localcluster.images``)
+  and loaded with ``kind load docker-image``; real pods, a real kubelet.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from typing import Any
 import yaml
 from local_kubelet import LocalKubelet, wait_ready
 
+from agent_registry.localcluster import images, kind
 from agent_registry.localcluster.build import Binaries
 from agent_registry.localcluster.controlplane import LocalControlPlane
+from agent_registry.localcluster.docker import Engine
+from agent_registry.localcluster.images import BuildReport
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_CLUSTER_NAME = os.environ.get("E2E_KIND_CLUSTER_NAME", "agent-registry-e2e")
-KIND_IMAGE = "agent-registry:e2e"
 
 
 class CommandError(RuntimeError):
@@ -155,64 +158,56 @@ class LocalCluster(Cluster):
         raise LookupError(f"no pod {pod} in {namespace}/{deployment}")
 
 
-def kind_missing_reason() -> str | None:
-    """Why the kind suite cannot run here, or None."""
-    if shutil.which("kind") is None:
-        return "the kind CLI is not on PATH (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
-    if shutil.which("docker") is None:
-        return "the docker CLI is not on PATH"
-    info = run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30)
-    if info.returncode != 0 or not info.stdout.strip():
-        return f"no Docker engine answers `docker info`: {(info.stderr or info.stdout).strip()[:200]}"
-    return None
-
-
 class KindCluster(Cluster):
-    """A throwaway kind cluster with the image built from this checkout loaded into it."""
+    """A throwaway kind cluster (``localcluster.kind``) on the session's Docker engine, with the
+    images built from this checkout (and a Redis for the chart's bundled one) loaded into it:
+    no registry is reachable, so nothing is ever pulled."""
 
     name = "kind"
-    image_repository, image_tag = KIND_IMAGE.split(":")
 
-    def __init__(self, binaries: Binaries) -> None:
-        self._workdir = Path(tempfile.mkdtemp(prefix="agent-registry-e2e-kind-"))
-        kubeconfig = self._workdir / "kubeconfig"
-        super().__init__(binaries, kubeconfig)
+    def __init__(self, binaries: Binaries, engine: Engine) -> None:
+        self._stack = contextlib.ExitStack()
         self._forwards: list[subprocess.Popen[bytes]] = []
-        self._created = False
+        report = BuildReport()
         try:
-            run(["docker", "build", "-t", KIND_IMAGE, str(REPO)], timeout=1200)
-            run(
-                [
-                    "kind",
-                    "create",
-                    "cluster",
-                    "--name",
-                    KIND_CLUSTER_NAME,
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--wait",
-                    "180s",
-                ],
-                timeout=600,
-            )
-            self._created = True
-            run(["kind", "load", "docker-image", KIND_IMAGE, "--name", KIND_CLUSTER_NAME], timeout=600)
+            built = images.ensure_images(engine, REPO, report)
+            redis = images.ensure_redis_image(engine, report)
+            node = kind.ensure_node_image(engine, report)
+            self.image_repository, self.image_tag = built.registry.rsplit(":", 1)
+            self.sidecar = built.sidecar
+            self.redis_repository, self.redis_tag = redis.rsplit(":", 1)
+            keep = bool(os.environ.get("E2E_KEEP_CLUSTER"))
+            self.kind = self._stack.enter_context(kind.kind_cluster(engine, node, KIND_CLUSTER_NAME, keep, report))
+            super().__init__(binaries, self.kind.kubeconfig)
+            with report.step("node ready"):
+                self.kind.wait_node_ready()
+            with report.step("kind load"):
+                for ref in (built.registry, built.sidecar, redis):
+                    self.kind.load_image(ref)
+            print(f"kind cluster {KIND_CLUSTER_NAME} ready: {report.summary()}", flush=True)
         except BaseException:
             self.close()
             raise
 
+    def sidecar_image(self) -> str:
+        return self.sidecar
+
     def image_values(self) -> list[str]:
-        # The image exists only inside the nodes: never try to pull it.
-        return [*super().image_values(), "--set", "image.pullPolicy=Never"]
+        # The images exist only inside the node: never try to pull them.
+        return [
+            *super().image_values(),
+            "--set", "image.pullPolicy=Never",
+            "--set", f"redis.bundled.image.repository={self.redis_repository}",
+            "--set", f"redis.bundled.image.tag={self.redis_tag}",
+            "--set", "redis.bundled.image.pullPolicy=Never",
+        ]  # fmt: skip
 
     def close(self) -> None:
         for forward in self._forwards:
             forward.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 forward.wait(timeout=5)
-        if self._created and not os.environ.get("E2E_KEEP_CLUSTER"):
-            run(["kind", "delete", "cluster", "--name", KIND_CLUSTER_NAME], check=False, timeout=300)
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._stack.close()
 
     def _selector(self, namespace: str, deployment: str) -> str:
         labels = self.get_json("deployment", deployment, "-n", namespace)["spec"]["selector"]["matchLabels"]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from e2e_cluster import Cluster
 
-from agent_registry.localcluster.process import wait_for
+from agent_registry.localcluster.process import WaitTimeoutError, wait_for
 from agent_registry.schema import constants as c
 
 REPO = Path(__file__).resolve().parents[2]
@@ -424,7 +424,8 @@ def test_a_rolling_restart_of_the_facade_loses_no_request_of_a_retrying_client(s
             "restartPolicy": "Never",
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
             "containers": [{
-                "name": "client", "image": cluster.sidecar_image(), "imagePullPolicy": "Never",
+                # The registry's image: the client library needs httpx, which the sidecar's lacks.
+                "name": "client", "image": cluster.image(), "imagePullPolicy": "Never",
                 "command": ["python", "-c", _RETRYING_CLIENT],
                 "env": [{"name": "FACADE_URL", "value": f"http://{FACADE}.{NAMESPACE}.svc"},
                         {"name": "DURATION", "value": "45"}],
@@ -432,11 +433,16 @@ def test_a_rolling_restart_of_the_facade_loses_no_request_of_a_retrying_client(s
         },
     }  # fmt: skip
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(client_pod))
-    wait_for(
-        "the client registered",
-        lambda: "registered" in cluster.kubectl("logs", "-n", NAMESPACE, "rolling-client", check=False).stdout,
-        timeout=120,
-    )
+
+    def client_output() -> str:
+        logs = cluster.kubectl("logs", "-n", NAMESPACE, "rolling-client", check=False)
+        return logs.stdout + logs.stderr
+
+    try:
+        wait_for("the client registered", lambda: "registered" in client_output(), timeout=120)
+    except WaitTimeoutError:
+        pod = cluster.get_json("pod", "rolling-client", "-n", NAMESPACE)
+        raise AssertionError(f"the client never registered: {pod['status']}\n{client_output()}") from None
     cluster.kubectl("rollout", "restart", f"deployment/{FACADE}", "-n", NAMESPACE)
     cluster.wait_rollout(NAMESPACE, FACADE)
 

@@ -6,6 +6,11 @@ outside the repository keyed by the versions. A second run finds the binaries an
 nothing; a cache that lacks one of them (a tool added since it was filled) builds only that
 one.
 
+The same way, and each into a directory of its own keyed by its versions, come what a kind
+node runs besides the control plane (kubelet, kubeadm, kube-scheduler, kube-proxy, CoreDNS,
+crictl and a pause program: :func:`ensure_node_built`) and the kind CLI
+(:func:`ensure_kind_built`), because no registry or release download is reachable either.
+
 ``go install k8s.io/kubernetes/cmd/kube-apiserver@vX`` fails because the kubernetes
 module points its staging modules at ``./staging/...`` with ``replace`` lines, which the
 go command ignores outside the main module. So each tool gets a tiny wrapper module whose
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +40,17 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 # Helm 3.19 is built against the Kubernetes 1.34 client libraries.
 HELM_VERSION = "v3.19.5"
+# What kubeadm v1.34 deploys (its constants.CoreDNSVersion), so its Corefile handling fits.
+COREDNS_VERSION = "v1.12.1"
+# crictl follows the Kubernetes minor it speaks CRI with; kind's `load` runs it in the node.
+CRICTL_VERSION = "v1.34.0"
+KIND_VERSION = "v0.33.0"
+# Our own pause program (below); bump when its source changes. The tag the node's image
+# carries is the one kubeadm expects, kind.PAUSE_TAG.
+PAUSE_REVISION = 1
+
+BuildStep = Callable[[tuple[Path, ...], dict[str, str], Path], None]
+"""Builds the given targets (``*.partial`` first, then renamed) with a Go env in a scratch dir."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +88,41 @@ def binaries() -> Binaries:
         etcd=d / "etcd",
         helm=d / "helm",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of what a kind node needs beyond :class:`Binaries`."""
+
+    kubelet: Path
+    kubeadm: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+    coredns: Path
+    crictl: Path
+    pause: Path
+
+
+def node_bin_dir() -> Path:
+    key = f"k8s-{KUBERNETES_VERSION}_coredns-{COREDNS_VERSION}_crictl-{CRICTL_VERSION}_pause-r{PAUSE_REVISION}"
+    return cache_root() / "node" / key / "bin"
+
+
+def node_binaries() -> NodeBinaries:
+    d = node_bin_dir()
+    return NodeBinaries(
+        kubelet=d / "kubelet",
+        kubeadm=d / "kubeadm",
+        kube_scheduler=d / "kube-scheduler",
+        kube_proxy=d / "kube-proxy",
+        coredns=d / "coredns",
+        crictl=d / "crictl",
+        pause=d / "pause",
+    )
+
+
+def kind_binary() -> Path:
+    return cache_root() / "kind" / f"kind-{KIND_VERSION}" / "bin" / "kind"
 
 
 def _log(message: str) -> None:
@@ -161,59 +212,130 @@ def _build_kubernetes(targets: tuple[Path, ...], env: dict[str, str], scratch: P
         tmp.rename(target)
 
 
-def _build_etcd(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+def _module_command(module: str, version: str, package: str, ldflags: str = "-s -w") -> BuildStep:
+    """A step building one command of a Go module whose ``go.mod`` has no ``replace`` lines."""
+
+    def build(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
+        (target,) = targets
+        work = scratch / target.name
+        work.mkdir()
+        _write_wrapper(work, f"agentregistry.local/{target.name}-tools", [(module, version)], [], [package])
+        _run(["go", "mod", "tidy"], work, env)
+        tmp = target.with_suffix(".partial")
+        _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package], work, env)
+        tmp.rename(target)
+
+    return build
+
+
+_build_etcd = _module_command("go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3")
+_build_helm = _module_command(
+    "helm.sh/helm/v3",
+    HELM_VERSION,
+    "helm.sh/helm/v3/cmd/helm",
+    f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+)
+_build_coredns = _module_command(
+    "github.com/coredns/coredns",
+    COREDNS_VERSION,
+    "github.com/coredns/coredns",
+    f"-s -w -X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}",
+)
+_build_crictl = _module_command(
+    "sigs.k8s.io/cri-tools",
+    CRICTL_VERSION,
+    "sigs.k8s.io/cri-tools/cmd/crictl",
+    f"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version={CRICTL_VERSION}",
+)
+_build_kind = _module_command("sigs.k8s.io/kind", KIND_VERSION, "sigs.k8s.io/kind")
+
+# The process that holds a pod's namespaces, as registry.k8s.io/pause does: it sleeps until
+# told to stop and, being PID 1 of pods that share their PID namespace, reaps orphans.
+_PAUSE_SOURCE = """\
+package main
+
+import (
+\t"os"
+\t"os/signal"
+\t"syscall"
+)
+
+func main() {
+\tsignals := make(chan os.Signal, 16)
+\tsignal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+\tfor sig := range signals {
+\t\tif sig != syscall.SIGCHLD {
+\t\t\tos.Exit(0)
+\t\t}
+\t\tfor {
+\t\t\tpid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil)
+\t\t\tif pid <= 0 || err != nil {
+\t\t\t\tbreak
+\t\t\t}
+\t\t}
+\t}
+}
+"""
+
+
+def _build_pause(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
     (target,) = targets
-    work = scratch / "etcd"
+    work = scratch / "pause"
     work.mkdir()
-    _write_wrapper(
-        work,
-        "agentregistry.local/etcd-tools",
-        [("go.etcd.io/etcd/server/v3", ETCD_VERSION)],
-        [],
-        ["go.etcd.io/etcd/server/v3"],
-    )
-    _run(["go", "mod", "tidy"], work, env)
+    (work / "go.mod").write_text("module agentregistry.local/pause\n\ngo 1.24.0\n")
+    (work / "main.go").write_text(_PAUSE_SOURCE)
     tmp = target.with_suffix(".partial")
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"], work, env)
+    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], work, env)
     tmp.rename(target)
 
 
-def _build_helm(targets: tuple[Path, ...], env: dict[str, str], scratch: Path) -> None:
-    (target,) = targets
-    work = scratch / "helm"
-    work.mkdir()
-    _write_wrapper(
-        work, "agentregistry.local/helm-tools", [("helm.sh/helm/v3", HELM_VERSION)], [], ["helm.sh/helm/v3/cmd/helm"]
-    )
-    _run(["go", "mod", "tidy"], work, env)
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    tmp = target.with_suffix(".partial")
-    _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "helm.sh/helm/v3/cmd/helm"], work, env)
-    tmp.rename(target)
-
-
-def ensure_built(force: bool = False) -> Binaries:
-    """Build whatever is missing from the cache and return the binaries' paths."""
-    out = binaries()
-    bin_dir().mkdir(parents=True, exist_ok=True)
-    env = _go_env()
+def _ensure(directory: Path, steps: Iterable[tuple[tuple[Path, ...], BuildStep, str]], force: bool) -> None:
+    """Run each step whose targets are (partly) missing; a step builds only its missing targets."""
+    directory.mkdir(parents=True, exist_ok=True)
     if shutil.which("go") is None:
-        raise RuntimeError("the go command is not on PATH; it is needed to build the control plane")
-    steps = (
-        ((out.kube_apiserver, out.kube_controller_manager, out.kubectl), _build_kubernetes, KUBERNETES_VERSION),
-        ((out.etcd,), _build_etcd, ETCD_VERSION),
-        ((out.helm,), _build_helm, HELM_VERSION),
-    )
+        raise RuntimeError("the go command is not on PATH; it is needed to build the Kubernetes tools")
+    env = _go_env()
     for targets, build, version in steps:
         missing = targets if force else tuple(t for t in targets if not t.exists())
         if not missing:
             continue
         label = f"{_and(t.name for t in missing)} {version}"
-        _log(f"building {label} into {bin_dir()} (first run only; takes several minutes)")
+        _log(f"building {label} into {directory} (first run only; takes several minutes)")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="agent-registry-build-") as scratch:
             build(missing, env, Path(scratch))
         _log(f"built {label} in {time.monotonic() - started:.0f}s")
+
+
+def ensure_built(force: bool = False) -> Binaries:
+    """Build whatever is missing from the cache and return the binaries' paths."""
+    out = binaries()
+    steps = (
+        ((out.kube_apiserver, out.kube_controller_manager, out.kubectl), _build_kubernetes, KUBERNETES_VERSION),
+        ((out.etcd,), _build_etcd, ETCD_VERSION),
+        ((out.helm,), _build_helm, HELM_VERSION),
+    )
+    _ensure(bin_dir(), steps, force)
+    return out
+
+
+def ensure_node_built(force: bool = False) -> NodeBinaries:
+    """The kind node's own binaries (see :class:`NodeBinaries`), building what the cache lacks."""
+    out = node_binaries()
+    steps = (
+        ((out.kubelet, out.kubeadm, out.kube_scheduler, out.kube_proxy), _build_kubernetes, KUBERNETES_VERSION),
+        ((out.coredns,), _build_coredns, COREDNS_VERSION),
+        ((out.crictl,), _build_crictl, CRICTL_VERSION),
+        ((out.pause,), _build_pause, f"r{PAUSE_REVISION}"),
+    )
+    _ensure(node_bin_dir(), steps, force)
+    return out
+
+
+def ensure_kind_built(force: bool = False) -> Path:
+    """The kind CLI, built from its Go module unless the cache has it."""
+    out = kind_binary()
+    _ensure(out.parent, (((out,), _build_kind, KIND_VERSION),), force)
     return out
 
 
@@ -246,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     parser.add_argument("--print-bin-dir", action="store_true", help="print the cache directory and exit")
+    parser.add_argument(
+        "--kind", action="store_true", help="also build the kind CLI and what a kind node runs (kubelet, kubeadm, ...)"
+    )
     args = parser.parse_args(argv)
     if args.print_bin_dir:
         print(bin_dir())
@@ -255,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, version in versions(found).items():
         _log(f"{name}: {version}")
     _log(f"control plane ready in {time.monotonic() - started:.0f}s at {bin_dir()}")
+    if args.kind:
+        ensure_node_built(force=args.force)
+        ensure_kind_built(force=args.force)
+        _log(f"kind node binaries at {node_bin_dir()}, kind at {kind_binary()}")
     return 0
 
 

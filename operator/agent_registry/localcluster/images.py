@@ -48,6 +48,8 @@ BASE_REVISION = 1
 DEBIAN_IMAGE = f"agent-registry.local/debian:{DEBIAN_SUITE}-r{BASE_REVISION}"
 PYTHON_IMAGE = f"agent-registry.local/python:{DEBIAN_SUITE}-r{BASE_REVISION}"
 PYTHON_PACKAGES = ("python3", "python3-venv", "python-is-python3")
+# The chart's bundled Redis (docker.io/library/redis) cannot be pulled here: Debian's instead.
+REDIS_IMAGE = f"agent-registry.local/redis:{DEBIAN_SUITE}-r{BASE_REVISION}"
 REGISTRY_REPOSITORY = "agent-registry.local/agent-registry"
 SIDECAR_REPOSITORY = "agent-registry.local/agent-sidecar"
 SIDECAR_TARGET = "sidecar"
@@ -83,6 +85,19 @@ LABEL org.opencontainers.image.title="agent-registry python base" \\
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {" ".join(PYTHON_PACKAGES)} \\
  && rm -rf /var/lib/apt/lists/*
+"""
+
+# 999 is the user the chart runs Redis as (that of the official image); the chart's
+# command, `redis-server`, is on PATH.
+_REDIS_DOCKERFILE = f"""\
+FROM {DEBIAN_IMAGE}
+LABEL org.opencontainers.image.title="agent-registry redis" \\
+      org.opencontainers.image.description="Debian {DEBIAN_SUITE} minbase with redis-server"
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \\
+ && rm -rf /var/lib/apt/lists/*
+USER 999:999
+CMD ["redis-server"]
 """
 
 
@@ -178,7 +193,7 @@ def image_sources(mirror: str, security: str, suite: str = DEBIAN_SUITE) -> str:
 # -- the bases -----------------------------------------------------------------------------
 
 
-def _run_logged(
+def run_logged(
     argv: list[str],
     log_path: Path,
     what: str,
@@ -249,7 +264,7 @@ def ensure_debian_base(engine: Engine, report: BuildReport | None = None) -> str
         # Under the cache, not /tmp: the same filesystem as the daemon's data, and no tmpfs limits.
         with tempfile.TemporaryDirectory(prefix="debootstrap-", dir=work) as scratch:
             rootfs = Path(scratch) / "rootfs"
-            _run_logged(
+            run_logged(
                 [debootstrap, "--variant=minbase", "--components=main", DEBIAN_SUITE, str(rootfs), mirror],
                 work / "debootstrap.log",
                 "debootstrap",
@@ -266,7 +281,7 @@ def _import(engine: Engine, rootfs: Path, ref: str, log_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _run_logged(
+        run_logged(
             [engine.cli, "import", "--change", 'CMD ["/bin/bash"]', "-", ref],
             log_path,
             f"docker import {ref}",
@@ -290,7 +305,7 @@ def ensure_python_base(engine: Engine, report: BuildReport | None = None) -> str
             report.cached.add("python base")
             return PYTHON_IMAGE
         log(f"building {PYTHON_IMAGE}: {' '.join(PYTHON_PACKAGES)} from Debian")
-        _run_logged(
+        run_logged(
             [engine.cli, "build", "--progress=plain", "-t", PYTHON_IMAGE, "-"],
             images_dir() / "python-base.log",
             f"docker build {PYTHON_IMAGE}",
@@ -298,6 +313,25 @@ def ensure_python_base(engine: Engine, report: BuildReport | None = None) -> str
             input=_PYTHON_DOCKERFILE.encode(),
         )
     return PYTHON_IMAGE
+
+
+def ensure_redis_image(engine: Engine, report: BuildReport | None = None) -> str:
+    """``REDIS_IMAGE`` on top of the Debian base, for the chart's bundled Redis in a kind cluster."""
+    report = report or BuildReport()
+    ensure_debian_base(engine, report)
+    with report.step("redis image"):
+        if engine.image_exists(REDIS_IMAGE):
+            report.cached.add("redis image")
+            return REDIS_IMAGE
+        log(f"building {REDIS_IMAGE}: redis-server from Debian")
+        run_logged(
+            [engine.cli, "build", "--progress=plain", "-t", REDIS_IMAGE, "-"],
+            images_dir() / "redis.log",
+            f"docker build {REDIS_IMAGE}",
+            env=engine.env(),
+            input=_REDIS_DOCKERFILE.encode(),
+        )
+    return REDIS_IMAGE
 
 
 # -- the project's images ------------------------------------------------------------------
@@ -340,7 +374,7 @@ def _build_target(engine: Engine, repo: Path, target: str, ref: str, base: str) 
         argv += ["--secret", f"id=pip-ca,src={bundle}"]
     argv += ["-t", ref, str(repo)]
     log(f"building {ref} (Dockerfile target {target})")
-    _run_logged(argv, images_dir() / f"{target}.log", f"docker build --target {target}", env=engine.env())
+    run_logged(argv, images_dir() / f"{target}.log", f"docker build --target {target}", env=engine.env())
 
 
 def _remove_older_tags(engine: Engine, repository: str, keep: str) -> None:
