@@ -109,11 +109,11 @@ test: deps controlplane ## The whole test command: deps, control plane, CRD drif
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: e2e
-e2e: deps controlplane ## End-to-end suite against the local control plane (chart, manifests, make run, scenarios)
+e2e: deps controlplane ## End-to-end suite: chart, manifests, make run, images, the scenarios on local processes and on kind
 	$(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: e2e-kind
-e2e-kind: deps controlplane ## The same scenarios on a throwaway kind cluster (needs Docker and kind)
+e2e-kind: deps controlplane ## Only the scenarios on a throwaway kind cluster (a dockerd of ours when none answers)
 	E2E_CLUSTER=kind $(VPY) -m pytest tests/e2e/test_scenarios.py -rs $(PYTEST_ARGS)
 
 .PHONY: unit
