@@ -43,7 +43,9 @@ REDIS = f"{RELEASE}-agent-registry-redis"
 SAMPLE_DEPLOYMENT = "cost-agent"
 GC_DEPLOYMENT = "gc-agent"
 
-pytestmark = pytest.mark.kind
+# The first scenario on kind sets up the cluster; with a cold cache that builds the node's
+# Go binaries and images first (about 15 minutes on two cores), beyond the default timeout.
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(2400)]
 
 
 class Scenario:
