@@ -296,42 +296,36 @@ def _import(engine: Engine, rootfs: Path, ref: str, log_path: Path) -> None:
         raise ImageBuildError(f"tar of {rootfs} exited with {tar.returncode}")
 
 
-def ensure_python_base(engine: Engine, report: BuildReport | None = None) -> str:
-    """``PYTHON_IMAGE`` on top of the Debian base, unless the engine has it already."""
+def _ensure_on_debian(
+    engine: Engine, report: BuildReport | None, ref: str, step: str, what: str, dockerfile: str, log_name: str
+) -> str:
+    """``ref`` built from ``dockerfile`` on the Debian base, unless the engine has it already."""
     report = report or BuildReport()
     ensure_debian_base(engine, report)
-    with report.step("python base"):
-        if engine.image_exists(PYTHON_IMAGE):
-            report.cached.add("python base")
-            return PYTHON_IMAGE
-        log(f"building {PYTHON_IMAGE}: {' '.join(PYTHON_PACKAGES)} from Debian")
+    with report.step(step):
+        if engine.image_exists(ref):
+            report.cached.add(step)
+            return ref
+        log(f"building {ref}: {what} from Debian")
         run_logged(
-            [engine.cli, "build", "--progress=plain", "-t", PYTHON_IMAGE, "-"],
-            images_dir() / "python-base.log",
-            f"docker build {PYTHON_IMAGE}",
+            [engine.cli, "build", "--progress=plain", "-t", ref, "-"],
+            images_dir() / log_name,
+            f"docker build {ref}",
             env=engine.env(),
-            input=_PYTHON_DOCKERFILE.encode(),
+            input=dockerfile.encode(),
         )
-    return PYTHON_IMAGE
+    return ref
+
+
+def ensure_python_base(engine: Engine, report: BuildReport | None = None) -> str:
+    """``PYTHON_IMAGE`` on top of the Debian base, unless the engine has it already."""
+    what = " ".join(PYTHON_PACKAGES)
+    return _ensure_on_debian(engine, report, PYTHON_IMAGE, "python base", what, _PYTHON_DOCKERFILE, "python-base.log")
 
 
 def ensure_redis_image(engine: Engine, report: BuildReport | None = None) -> str:
     """``REDIS_IMAGE`` on top of the Debian base, for the chart's bundled Redis in a kind cluster."""
-    report = report or BuildReport()
-    ensure_debian_base(engine, report)
-    with report.step("redis image"):
-        if engine.image_exists(REDIS_IMAGE):
-            report.cached.add("redis image")
-            return REDIS_IMAGE
-        log(f"building {REDIS_IMAGE}: redis-server from Debian")
-        run_logged(
-            [engine.cli, "build", "--progress=plain", "-t", REDIS_IMAGE, "-"],
-            images_dir() / "redis.log",
-            f"docker build {REDIS_IMAGE}",
-            env=engine.env(),
-            input=_REDIS_DOCKERFILE.encode(),
-        )
-    return REDIS_IMAGE
+    return _ensure_on_debian(engine, report, REDIS_IMAGE, "redis image", "redis-server", _REDIS_DOCKERFILE, "redis.log")
 
 
 # -- the project's images ------------------------------------------------------------------
